@@ -1,0 +1,137 @@
+"""Load labelled images into memory and split them for training, validation and test."""
+
+import collections
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.images import decode_image
+
+# Training reads pictures of any size, but not decompression bombs.
+MAX_TRAINING_PIXELS = 100_000_000
+
+KERAS_DATASETS = ("cifar10", "fashion_mnist", "mnist")
+
+CLASS_NAMES = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"],
+    "fashion_mnist": ["t-shirt", "trouser", "pullover", "dress", "coat",
+                      "sandal", "shirt", "sneaker", "bag", "ankle_boot"],
+    "mnist": [str(digit) for digit in range(10)],
+}
+
+
+class DataError(Exception):
+    """The data cannot be used for training; the message says why and what to do."""
+
+
+@dataclass
+class LabelledImages:
+    """Images as a uint8 array (count, height, width, channels) with integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list
+    skipped: list = field(default_factory=list)
+
+
+def list_image_folder(data_dir):
+    """Return (paths, labels, class_names) for a folder of class subfolders."""
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data folder {data_dir!r} does not exist or is not a folder")
+    class_names = sorted(entry.name for entry in os.scandir(data_dir)
+                         if entry.is_dir() and not entry.name.startswith("."))
+    paths, labels = [], []
+    for label, class_name in enumerate(class_names):
+        for root, dirs, files in os.walk(os.path.join(data_dir, class_name)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file_name in sorted(files):
+                if not file_name.startswith("."):
+                    paths.append(os.path.join(root, file_name))
+                    labels.append(label)
+    if not paths:
+        raise DataError(f"data folder {data_dir!r} holds no images in class subfolders "
+                        "(expected DIR/<class>/<image files>)")
+    used = sorted({class_names[label] for label in labels})
+    if len(used) < 2:
+        raise DataError(f"data folder {data_dir!r} has images of {len(used)} class(es); "
+                        "a classifier needs at least two class subfolders with images")
+    return paths, np.array(labels, dtype=np.int32), class_names
+
+
+def guess_input_shape(paths, image_size=None, channels=None, sample=50):
+    """Choose the model input from the first images: their commonest side, and grey or colour."""
+    from PIL import Image
+
+    sides, modes = collections.Counter(), set()
+    for path in paths[:sample]:
+        try:
+            with Image.open(path) as image:
+                sides[min(image.size)] += 1
+                modes.add(image.mode)
+        except Exception:
+            continue
+    if image_size is None:
+        image_size = min(max(sides.most_common(1)[0][0] if sides else 64, 16), 128)
+    if channels is None:
+        grey = modes and modes <= {"1", "L", "I", "I;16", "F"}
+        channels = 1 if grey else 3
+    return image_size, channels
+
+
+def load_image_folder(data_dir, image_size=None, channels=None):
+    """Decode every picture of a class-subfolder tree; unreadable files are skipped and listed."""
+    paths, labels, class_names = list_image_folder(data_dir)
+    image_size, channels = guess_input_shape(paths, image_size, channels)
+
+    def read(path):
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+            return decode_image(data, image_size, image_size, channels, MAX_TRAINING_PIXELS)
+        except Exception:
+            return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(read, paths, chunksize=256))
+    keep = np.array([image is not None for image in decoded], dtype=bool)
+    skipped = [path for path, image in zip(paths, decoded) if image is None]
+    if not keep.any():
+        raise DataError(f"none of the {len(paths)} files under {data_dir!r} is a readable image")
+    images = np.stack([image for image in decoded if image is not None])
+    return LabelledImages(images, labels[keep], class_names, skipped)
+
+
+def load_keras_dataset(name):
+    """Return (train, test) from keras.datasets, downloading them once."""
+    import keras
+
+    try:
+        (train_x, train_y), (test_x, test_y) = getattr(keras.datasets, name).load_data()
+    except Exception as error:
+        raise DataError(f"could not download the {name} dataset ({type(error).__name__}); "
+                        "this needs the internet once. Offline, pass --data-dir with a "
+                        "folder of class subfolders instead") from None
+
+    def as_images(x, y):
+        x = x if x.ndim == 4 else x[..., np.newaxis]
+        return LabelledImages(x.astype(np.uint8), y.reshape(-1).astype(np.int32), CLASS_NAMES[name])
+
+    return as_images(train_x, train_y), as_images(test_x, test_y)
+
+
+def split(data, fraction, seed):
+    """Split off a random `fraction` of the images as a second set: (rest, part)."""
+    count = len(data.labels)
+    order = np.random.default_rng(seed).permutation(count)
+    part_size = int(round(count * fraction))
+    if fraction > 0 and (part_size < 1 or part_size >= count):
+        raise DataError(f"{count} images are too few to split off a fraction of {fraction}")
+    part, rest = order[:part_size], order[part_size:]
+
+    def subset(indices):
+        return LabelledImages(data.images[indices], data.labels[indices], data.class_names)
+
+    return subset(rest), subset(part)

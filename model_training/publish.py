@@ -1,0 +1,68 @@
+"""Publish a trained model as the next version folder, atomically."""
+
+import json
+import os
+import shutil
+import tempfile
+
+# Version folders are positive integers; anything else in models/<name>/ is ignored.
+TEMPORARY_PREFIX = ".tmp-"
+
+
+class PublishError(Exception):
+    """The model could not be written to the output folder."""
+
+
+def existing_versions(model_dir):
+    """Return the sorted integer versions already published under `model_dir`."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(entry.name) for entry in os.scandir(model_dir)
+                  if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0)
+
+
+def check_writable(model_dir):
+    """Fail before training, not after, when the output folder cannot be written."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=TEMPORARY_PREFIX):
+            pass
+    except OSError as error:
+        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+
+
+def publish(model_dir, write_files):
+    """Write a version with `write_files(folder, version)`, then rename it into place.
+
+    The folder gets its number only once every file is complete, so a reader
+    polling `model_dir` never sees half a version.
+    """
+    check_writable(model_dir)
+    staging = tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
+    try:
+        os.chmod(staging, 0o755)
+        version = (existing_versions(model_dir) or [0])[-1] + 1
+        write_files(staging, version)
+        while True:
+            target = os.path.join(model_dir, str(version))
+            try:
+                os.rename(staging, target)
+                return target, version
+            except OSError:
+                if not os.path.exists(target):
+                    raise
+            # Another run took this number meanwhile: take the next one and say so inside.
+            version += 1
+            write_files(staging, version)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise PublishError(f"could not publish to {model_dir!r}: {error}") from None
+        raise
+
+
+def write_metadata(folder, metadata):
+    """Write metadata.json, readable by people and by the service."""
+    with open(os.path.join(folder, "metadata.json"), "w", encoding="utf-8") as file:
+        json.dump(metadata, file, indent=2)
+        file.write("\n")

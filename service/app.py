@@ -1,0 +1,38 @@
+"""The application factory: create_app() wires settings, model store, batcher and routes."""
+
+from flask import Flask
+
+from service import metrics
+from service.batcher import Batcher
+from service.config import Settings
+from service.errors import register_error_handlers
+from service.model_store import ModelStore, configure_tensorflow
+from service.request_log import configure_logging, register_request_logging
+from service.routes import blueprint
+
+
+def create_app(settings=None, start_model_store=True):
+    """Build the Flask app; the model loads in the background unless told not to."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # Multipart forms may hold as many parts as images are allowed, plus a few text fields.
+    app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16
+    app.json.sort_keys = False
+
+    store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
+                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load)
+    app.extensions["model_store"] = store
+    app.extensions["batcher"] = Batcher(settings.batch_max_size,
+                                        settings.batch_max_wait_ms / 1000,
+                                        on_batch=metrics.BATCH_SIZE.observe)
+    register_error_handlers(app)
+    register_request_logging(app)
+    app.register_blueprint(blueprint)
+    if start_model_store:
+        store.start()
+    return app

@@ -1,0 +1,75 @@
+"""Settings: every environment variable the service reads, each with a safe default."""
+
+import os
+from dataclasses import dataclass, fields
+
+
+class SettingsError(Exception):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's settings; the README's table lists the same names and defaults."""
+
+    model_dir: str = "models"
+    model_name: str = "cifar10"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 16
+    max_request_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_images_per_request: int = 32
+    default_top_k: int = 3
+    api_key: str = ""
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 5.0
+    model_poll_seconds: float = 5.0
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """Read each field from the upper-case variable of the same name."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in fields(cls):
+            raw = environ.get(setting.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[setting.name] = _parse(setting.name.upper(), raw.strip(), setting.type)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self):
+        """Refuse values that would make the service misbehave rather than start."""
+        at_least_one = ("port", "workers", "threads", "max_request_bytes", "max_image_pixels",
+                        "max_images_per_request", "default_top_k", "batch_max_size")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
+        for name in ("batch_max_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must not be negative")
+        if self.model_poll_seconds <= 0:
+            raise SettingsError("MODEL_POLL_SECONDS must be above 0")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical, "
+                                f"not {self.log_level!r}")
+
+    @property
+    def versions_dir(self):
+        """The folder that holds the numbered versions of the served model."""
+        return os.path.join(self.model_dir, self.model_name)
+
+
+def _parse(name, raw, kind):
+    """Convert one variable to its field's type, naming the variable when it fails."""
+    kind = {"int": int, "float": float, "str": str}.get(kind, kind)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {kind.__name__}, not {raw!r}") from None

@@ -1,0 +1,50 @@
+"""The one error type and JSON error body every route answers with."""
+
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    """A client-facing error with an HTTP status, a snake_case code and a message."""
+
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status, code, message):
+    """Build the JSON answer DESIGN.md fixes for every error."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app):
+    """Turn every exception, expected or not, into the JSON error format."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(error):
+        return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error):
+        code = (error.name or "error").lower().replace(" ", "_")
+        message = {
+            404: "No such route. See /openapi.json for the API.",
+            405: f"{request.method} is not allowed on this route. See /openapi.json for the API.",
+            413: "The request body is too large.",
+        }.get(error.code, error.description or error.name)
+        if error.code == 413:
+            code = "request_too_large"
+        response = error_response(error.code, code, message)
+        if getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error):
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_error",
+                              "The service hit an unexpected error; it has been logged.")

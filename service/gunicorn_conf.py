@@ -1,0 +1,42 @@
+"""Gunicorn settings: gunicorn -c service/gunicorn_conf.py (the container runs the same)."""
+
+import os
+import tempfile
+
+from service.config import Settings
+
+settings = Settings.from_env()
+
+# Metrics from every worker are summed through files in one folder.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                      os.path.join(tempfile.gettempdir(), f"prometheus-{os.getpid()}"))
+
+wsgi_app = "service.wsgi:app"
+bind = f"{settings.host}:{settings.port}"
+worker_class = "gthread"
+workers = settings.workers
+threads = settings.threads
+# No preload: TensorFlow is not fork-safe, so each worker loads the model after the fork.
+preload_app = False
+# Loading happens in the background, but a cold import of TensorFlow can take a while.
+timeout = 120
+# On SIGTERM, requests in flight get this long to finish; no new ones are accepted.
+graceful_timeout = 30
+keepalive = 5
+loglevel = settings.log_level
+accesslog = None
+errorlog = "-"
+
+
+def on_starting(server):
+    """Start with an empty metrics folder."""
+    from service import metrics
+
+    metrics.prepare_multiprocess_dir()
+
+
+def child_exit(server, worker):
+    """Forget a dead worker's live gauges."""
+    from service import metrics
+
+    metrics.worker_exited(worker.pid)

@@ -1,0 +1,83 @@
+"""Decode and check uploaded images: bytes in, model-ready uint8 pixels out.
+
+Training reads its image folders through this module too, so a picture is
+turned into pixels the same way when the model learns and when it serves.
+"""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ApiError
+
+# The formats a client may send; anything else Pillow happens to read is refused.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+
+# Transparent pixels are composited on white, the colour a viewer shows them on.
+BACKGROUND = (255, 255, 255)
+
+# Pillow's own bomb guard is replaced by the explicit pixel limit checked below.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def decode_image(data, height, width, channels, max_pixels):
+    """Return the image in `data` as a (height, width, channels) uint8 array."""
+    if not data:
+        raise ApiError(400, "empty_image", "The image is empty: send the bytes of a picture.")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(415, "unsupported_image",
+                       "This is not an image in a supported format "
+                       f"({', '.join(SUPPORTED_FORMATS)}).") from None
+    except Exception:
+        raise ApiError(400, "corrupt_image", "The image header could not be read.") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise ApiError(415, "unsupported_image",
+                       f"{image.format} images are not supported; "
+                       f"send one of {', '.join(SUPPORTED_FORMATS)}.")
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise ApiError(413, "image_too_large",
+                       f"The image has {image.width}x{image.height} pixels; "
+                       f"the limit is {max_pixels} pixels in all.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _to_array(image, height, width, channels)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise ApiError(400, "corrupt_image",
+                       "The image data is damaged or truncated and could not be decoded.") from None
+
+
+def _to_array(image, height, width, channels):
+    """Decode the first frame, upright, in the model's channels and size."""
+    if image.format == "JPEG":
+        # Let libjpeg decode at a reduced scale when the picture is much larger than needed.
+        image.draft("RGB" if channels == 3 else "L", (width, height))
+    image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    image = _to_mode(image, "RGB" if channels == 3 else "L")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array.reshape(height, width, channels)
+
+
+def _to_mode(image, mode):
+    """Convert any Pillow mode to `mode` ("RGB" or "L"), flattening transparency."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # Wide integer and float pixels: scale 16-bit ranges down instead of clipping them.
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode != "F" and values.max(initial=0) > 255:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        image = Image.alpha_composite(background, image)
+    if image.mode != mode:
+        image = image.convert(mode)
+    return image

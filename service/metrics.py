@@ -1,0 +1,54 @@
+"""Prometheus metrics, correct across gunicorn workers through multiprocess mode."""
+
+import os
+import shutil
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest, multiprocess)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter("http_requests_total", "HTTP requests answered.",
+                   ["route", "method", "status"])
+LATENCY = Histogram("http_request_duration_seconds", "Time to answer an HTTP request.",
+                    ["route", "status"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+IMAGES_CLASSIFIED = Counter("images_classified_total", "Images classified.")
+PREDICTIONS = Counter("predictions_total", "Images classified, by top-1 label.", ["label"])
+BATCH_SIZE = Histogram("model_batch_size", "Images per model call.",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+MODEL_LOAD_SECONDS = Histogram("model_load_seconds", "Time to load and warm a model version.",
+                               buckets=(0.5, 1, 2, 5, 10, 20, 60))
+MODEL_VERSION = Gauge("model_serving_version", "The model version each worker serves.",
+                      ["name"], multiprocess_mode="liveall")
+
+
+def prepare_multiprocess_dir():
+    """Empty the shared metrics folder when the server starts, so old workers' files go."""
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
+
+
+def worker_exited(pid):
+    """Drop a dead worker's live gauges."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def record_model_load(model, seconds):
+    """Note a newly served version and how long it took to load."""
+    MODEL_LOAD_SECONDS.observe(seconds)
+    MODEL_VERSION.clear()
+    MODEL_VERSION.labels(name=model.name).set(model.version)
+
+
+def render():
+    """The metrics page and its content type, summed over workers when there are several."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,65 @@
+"""Logging: one JSON line per request and per model event, with a request id."""
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import g, request
+
+from service import metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+STANDARD_FIELDS = set(vars(logging.makeLogRecord({})))
+
+access_log = logging.getLogger("service.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON object, with any `extra=` fields beside the message."""
+
+    def format(self, record):
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        entry.update({key: value for key, value in vars(record).items()
+                      if key not in STANDARD_FIELDS and not key.startswith("_")})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level):
+    """Send the service's logs to standard output as JSON lines."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("service")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def register_request_logging(app):
+    """Time every request, give it an id, log it and count it."""
+
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = given if VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def log_request(response):
+        duration = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        metrics.REQUESTS.labels(route=route, method=request.method,
+                                status=response.status_code).inc()
+        metrics.LATENCY.labels(route=route, status=response.status_code).observe(duration)
+        access_log.info("%s %s %s", request.method, request.path, response.status_code, extra={
+            "method": request.method, "path": request.path, "status": response.status_code,
+            "duration_ms": round(duration * 1000, 2), "request_id": g.get("request_id"),
+            "model_version": g.get("model_version"), "images": g.get("image_count", 0)})
+        return response

@@ -1,0 +1,129 @@
+"""The HTTP routes of DESIGN.md: predict, health, model, metrics, OpenAPI and the page."""
+
+import hmac
+
+import numpy as np
+from flask import Blueprint, current_app, g, jsonify, render_template, request
+
+from service import metrics
+from service.errors import ApiError
+from service.images import decode_image
+from service.openapi import openapi_document
+from service.uploads import read_uploads
+
+blueprint = Blueprint("api", __name__)
+
+
+def settings():
+    """The Settings this app was created with."""
+    return current_app.config["SETTINGS"]
+
+
+def serving_model():
+    """The model that answers this request, or a 503 when none is ready."""
+    store = current_app.extensions["model_store"]
+    model = store.current
+    if model is None:
+        raise ApiError(503, "model_not_ready", f"No model is ready: {store.reason}. Retry shortly.")
+    return model
+
+
+def check_api_key():
+    """When API_KEY is set, require it as a Bearer token or an X-API-Key header."""
+    expected = settings().api_key
+    if not expected:
+        return
+    given = request.headers.get("X-API-Key", "")
+    authorization = request.headers.get("Authorization", "")
+    if not given and authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized",
+                       "A valid API key is required: send 'Authorization: Bearer <key>' "
+                       "or 'X-API-Key: <key>'.")
+
+
+def parse_top_k(class_count):
+    """Read ?top_k=, between 1 and the number of classes."""
+    raw = request.args.get("top_k")
+    if raw is None:
+        return min(settings().default_top_k, class_count)
+    try:
+        top_k = int(raw)
+    except ValueError:
+        top_k = 0
+    if not 1 <= top_k <= class_count:
+        raise ApiError(400, "invalid_top_k",
+                       f"top_k must be an integer from 1 to {class_count}, not {raw!r}.")
+    return top_k
+
+
+@blueprint.post("/predict")
+def predict():
+    """Classify every image in the request."""
+    check_api_key()
+    model = serving_model()
+    top_k = parse_top_k(len(model.classes))
+    batcher = current_app.extensions["batcher"]
+    with batcher.expect() as expectation:
+        uploads = read_uploads(request, settings().max_images_per_request)
+        height, width, channels = model.input_shape
+        images = np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)
+                           for _, data in uploads])
+        probabilities = batcher.submit(model, images, expectation)
+    g.model_version, g.image_count = model.version, len(uploads)
+    predictions = []
+    for (filename, _), scores in zip(uploads, probabilities):
+        best = np.argsort(scores)[::-1][:top_k]
+        ranked = [{"label": model.classes[i], "confidence": round(float(scores[i]), 4)}
+                  for i in best]
+        predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
+        metrics.PREDICTIONS.labels(label=ranked[0]["label"]).inc()
+    metrics.IMAGES_CLASSIFIED.inc(len(uploads))
+    return jsonify({"model": {"name": model.name, "version": model.version},
+                    "predictions": predictions})
+
+
+@blueprint.get("/health/live")
+def live():
+    """The process is up and answering."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/health/ready")
+@blueprint.get("/health")
+def ready():
+    """Ready once a model is loaded and warmed; 503 with the reason until then."""
+    store = current_app.extensions["model_store"]
+    model = store.current
+    if model is None:
+        return jsonify({"status": store.state, "reason": store.reason}), 503
+    g.model_version = model.version
+    return jsonify({"status": "ready", "model": {"name": model.name, "version": model.version}})
+
+
+@blueprint.get("/model")
+def model_info():
+    """The serving version's metadata.json and when it was loaded."""
+    model = serving_model()
+    g.model_version = model.version
+    return jsonify(model.describe())
+
+
+@blueprint.get("/metrics")
+def metrics_page():
+    """Prometheus text format, summed over every worker."""
+    body, content_type = metrics.render()
+    return body, 200, {"Content-Type": content_type}
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 description of this API."""
+    return jsonify(openapi_document(settings()))
+
+
+@blueprint.get("/")
+def page():
+    """A small page to upload an image and see the answer."""
+    return render_template("index.html")

@@ -1,0 +1,68 @@
+"""Read the images out of a /predict request, in any of its three accepted forms."""
+
+import base64
+import binascii
+import re
+
+from service.errors import ApiError
+
+DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[^,]*)?,", re.ASCII)
+
+
+def read_uploads(request, max_images):
+    """Return [(filename or None, bytes)] from multipart, raw-image or JSON bodies."""
+    content_type = request.mimetype
+    if content_type == "multipart/form-data":
+        uploads = _from_form(request)
+    elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        uploads = [(None, request.get_data(cache=False))]
+    elif content_type == "application/json":
+        uploads = _from_json(request)
+    else:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {content_type or '(none)'!r} is not accepted: send "
+                       "multipart/form-data file parts, a raw image/* body, or JSON "
+                       '{"images": ["<base64>"]}.')
+    if not uploads:
+        raise ApiError(400, "no_images", "The request holds no image.")
+    if len(uploads) > max_images:
+        raise ApiError(413, "too_many_images",
+                       f"The request holds {len(uploads)} images; the limit is {max_images}.")
+    return uploads
+
+
+def _from_form(request):
+    """Every file part of a multipart form, in the order sent."""
+    uploads = [(file.filename or None, file.read()) for _, file in request.files.items(multi=True)]
+    if not uploads:
+        fields = ", ".join(sorted(request.form.keys())) or "none"
+        raise ApiError(400, "no_images",
+                       f"The form has no file parts (text fields: {fields}); attach each image "
+                       "as a file, e.g. curl -F file=@cat.jpg.")
+    return uploads
+
+
+def _from_json(request):
+    """The base64 strings or data: URLs of a JSON body's "images" list."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json",
+                       'The body is not a JSON object; send {"images": ["<base64>", ...]}.')
+    images = body.get("images")
+    if not isinstance(images, list) or not all(isinstance(item, str) for item in images):
+        keys = ", ".join(sorted(map(str, body.keys()))) or "none"
+        raise ApiError(400, "invalid_json",
+                       f'The JSON needs "images": a list of base64 strings (found keys: {keys}).')
+    return [(None, _decode_base64(item, index)) for index, item in enumerate(images)]
+
+
+def _decode_base64(text, index):
+    """Decode one base64 string or data: URL, naming its position when it is not valid."""
+    match = DATA_URL.match(text)
+    if match:
+        text = text[match.end():]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64",
+                       f"images[{index}] is not valid base64.") from None
