@@ -1,6 +1,7 @@
 """Gunicorn settings: gunicorn -c service/gunicorn_conf.py (the container runs the same)."""
 
 import os
+import shutil
 import tempfile
 
 from service.config import Settings
@@ -29,14 +30,14 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Start with an empty metrics folder."""
-    from service import metrics
-
-    metrics.prepare_multiprocess_dir()
+    """Start with an empty metrics folder, so files of earlier runs are not counted."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
 
 
 def child_exit(server, worker):
     """Forget a dead worker's live gauges."""
-    from service import metrics
+    from prometheus_client import multiprocess
 
-    metrics.worker_exited(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)

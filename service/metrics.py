@@ -1,7 +1,6 @@
 """Prometheus metrics, correct across gunicorn workers through multiprocess mode."""
 
 import os
-import shutil
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest, multiprocess)
@@ -20,28 +19,13 @@ BATCH_SIZE = Histogram("model_batch_size", "Images per model call.",
 MODEL_LOAD_SECONDS = Histogram("model_load_seconds", "Time to load and warm a model version.",
                                buckets=(0.5, 1, 2, 5, 10, 20, 60))
 MODEL_VERSION = Gauge("model_serving_version", "The model version each worker serves.",
-                      ["name"], multiprocess_mode="liveall")
-
-
-def prepare_multiprocess_dir():
-    """Empty the shared metrics folder when the server starts, so old workers' files go."""
-    folder = os.environ.get(MULTIPROCESS_ENV)
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder, exist_ok=True)
-
-
-def worker_exited(pid):
-    """Drop a dead worker's live gauges."""
-    if os.environ.get(MULTIPROCESS_ENV):
-        multiprocess.mark_process_dead(pid)
+                      multiprocess_mode="liveall")
 
 
 def record_model_load(model, seconds):
     """Note a newly served version and how long it took to load."""
     MODEL_LOAD_SECONDS.observe(seconds)
-    MODEL_VERSION.clear()
-    MODEL_VERSION.labels(name=model.name).set(model.version)
+    MODEL_VERSION.set(model.version)
 
 
 def render():

@@ -1,0 +1,134 @@
+"""Helpers for tests: drawn images, a tiny trained model, and a real gunicorn process."""
+
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHAPE_COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+
+
+def draw_picture(colour, size=24, seed=0):
+    """A filled shape of `colour` on a random grey background."""
+    generator = random.Random(seed)
+    grey = generator.randint(0, 90)
+    image = Image.new("RGB", (size, size), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    left, top = generator.randint(0, size // 3), generator.randint(0, size // 3)
+    extent = generator.randint(size // 2, size - 1 - max(left, top))
+    draw.ellipse((left, top, left + extent, top + extent), fill=colour)
+    return image
+
+
+def encode(image, image_format="JPEG", **options):
+    """The bytes of `image` saved in `image_format`."""
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def make_image_folder(folder, per_class=30, size=24):
+    """Write DIR/<colour>/<n>.png|jpg, the layout the training script reads."""
+    for class_index, (name, colour) in enumerate(SHAPE_COLOURS.items()):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = draw_picture(colour, size, seed=class_index * 1000 + index)
+            suffix = "png" if index % 2 else "jpg"
+            image.save(folder / name / f"{index:03d}.{suffix}")
+    return folder
+
+
+def train_tiny_model(data_dir, output, *extra_args):
+    """Train a very small model for a few epochs and publish it under output/; return its folder."""
+    from model_training.train import main
+
+    args = ["--data-dir", str(data_dir), "--output", str(output), "--epochs", "3",
+            "--batch-size", "16", "--width", "8", "--image-size", "16",
+            "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32",
+            *extra_args]
+    status = main(args)
+    assert status == 0, f"tiny training failed with status {status}"
+    versions = sorted(Path(output).glob("*/*/metadata.json"))
+    return versions[-1].parent
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RunningService:
+    """The service under gunicorn, as `gunicorn -c service/gunicorn_conf.py` starts it."""
+
+    def __init__(self, models_dir, log_path, model_name="shapes", **settings):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
+                       "MODEL_DIR": str(models_dir), "MODEL_NAME": model_name,
+                       "WORKERS": "1", "THREADS": "8", "MODEL_POLL_SECONDS": "0.5",
+                       "TF_CPP_MIN_LOG_LEVEL": "2"}
+        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        environment.update({key.upper(): str(value) for key, value in settings.items()})
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],
+            cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def url(self, path):
+        """The absolute URL of `path` on this server."""
+        return self.base_url + path
+
+    def wait_ready(self, timeout=90):
+        """Block until /health/ready answers 200; fail with the server's log otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"service exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url("/health/ready"), timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"service not ready after {timeout} s:\n{self.log()}")
+
+    def log(self):
+        """Everything the server printed so far."""
+        self._log.flush()
+        return Path(self.log_path).read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=40):
+        """Send `sig` and wait for the server to exit; return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def docker_engine_answers():
+    """True when a docker client is installed and its engine replies."""
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
