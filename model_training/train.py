@@ -144,9 +144,12 @@ def train(args, argv):
     keras.mixed_precision.set_global_policy(precision)
     input_shape = train_set.images.shape[1:]
     num_classes = len(train_set.class_names)
-    model = make_model(input_shape, num_classes, width=args.width)
-
     steps_per_epoch = -(-len(train_set.labels) // args.batch_size)
+    # Batch-norm statistics settle in about 1 / (1 - momentum) steps: short runs need a
+    # faster moving average, or their inference-mode statistics are still the initial ones.
+    momentum = 0.99 if steps_per_epoch * args.epochs >= 1000 else 0.9
+    model = make_model(input_shape, num_classes, width=args.width, batch_norm_momentum=momentum)
+
     warmup_steps = min(2, args.epochs) * steps_per_epoch
     # A short warm-up, then a cosine decay to zero over the planned epochs.
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -166,14 +169,16 @@ def train(args, argv):
         monitor="val_loss", patience=args.patience, restore_best_weights=True, verbose=1)
     started = time.monotonic()
     history = model.fit(training_data, validation_data=validation_data, epochs=args.epochs,
-                        callbacks=[early_stopping], verbose=2 if not sys.stdout.isatty() else 1)
+                        callbacks=[early_stopping], shuffle=False,
+                        verbose=2 if not sys.stdout.isatty() else 1)
     seconds = time.monotonic() - started
     epochs_run = len(history.history["loss"])
     best_epoch = int(min(range(epochs_run), key=lambda i: history.history["val_loss"][i])) + 1
 
     # Serve a float32 copy: it runs everywhere, and it carries no optimizer state.
     keras.mixed_precision.set_global_policy("float32")
-    serving_model = make_model(input_shape, num_classes, width=args.width)
+    serving_model = make_model(input_shape, num_classes, width=args.width,
+                               batch_norm_momentum=momentum)
     serving_model.set_weights(model.get_weights())
     metrics = evaluate.evaluate(serving_model, test_set)
 
@@ -206,6 +211,7 @@ def train(args, argv):
             "optimizer": "adam",
             "learning_rate": {"peak": args.learning_rate, "schedule": "warmup + cosine decay"},
             "precision": precision,
+            "batch_norm_momentum": momentum,
             "seed": args.seed,
             "parameters": int(serving_model.count_params()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",

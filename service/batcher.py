@@ -1,11 +1,16 @@
 """The batcher: gather concurrent requests in a worker into one model call."""
 
-import queue
+import collections
+import logging
 import threading
 import time
 from concurrent.futures import Future
 
 import numpy as np
+
+log = logging.getLogger("service.batcher")
+
+_Request = collections.namedtuple("_Request", "model images future arrived")
 
 
 class Batcher:
@@ -13,17 +18,20 @@ class Batcher:
 
     A request that finds nobody else on the way is run at once. While other
     requests are still decoding their images (they said so with `expect()`),
-    the batcher waits for them, up to `max_wait_seconds`, and up to
-    `max_batch_size` images in one call.
+    the batcher waits for them, up to `max_wait_seconds` after the oldest
+    waiting request was submitted, and takes up to `max_batch_size` images in
+    one call. A request is never split: one with more images than
+    `max_batch_size` is one call of its own.
     """
 
     def __init__(self, max_batch_size=32, max_wait_seconds=0.005, on_batch=None):
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
         self.on_batch = on_batch
-        self._queue = queue.Queue()
+        self._pending = collections.deque()
+        self._pending_images = 0
         self._expected = 0
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
@@ -34,51 +42,74 @@ class Batcher:
     def submit(self, model, images, expectation=None):
         """Return the probabilities `model` gives for `images`, computed in some batch."""
         future = Future()
-        self._queue.put((model, images, future))
-        if expectation is not None:
-            expectation.done()
+        with self._changed:
+            self._pending.append(_Request(model, images, future, time.monotonic()))
+            self._pending_images += len(images)
+            if expectation is not None:
+                expectation.settle_locked()
+            self._wake_locked()
         return future.result()
+
+    def _announce(self, change):
+        """Count a request in (+1) or out (-1) of the announced ones."""
+        with self._changed:
+            self._expected += change
+            if change < 0:
+                self._wake_locked()
+
+    def _wake_locked(self):
+        """Wake the batcher only when its decision may change; each wake costs the GIL a switch."""
+        if (len(self._pending) == 1 or self._expected <= 0
+                or self._pending_images >= self.max_batch_size):
+            self._changed.notify()
 
     def _run(self):
         while True:
-            batch = [self._queue.get()]
-            count = len(batch[0][1])
-            deadline = time.monotonic() + self.max_wait_seconds
-            while count < self.max_batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    remaining = deadline - time.monotonic()
-                    if self._expected <= 0 or remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=min(remaining, 0.0005))
-                    except queue.Empty:
-                        continue
-                batch.append(item)
-                count += len(item[1])
-            self._run_batch(batch)
+            self._run_batch(self._next_batch())
+
+    def _next_batch(self):
+        """Wait for company while some is announced, then take up to a full batch, oldest first."""
+        with self._changed:
+            while not self._pending:
+                self._changed.wait()
+            deadline = self._pending[0].arrived + self.max_wait_seconds
+            while self._expected > 0 and self._pending_images < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            batch = [self._pending.popleft()]
+            count = len(batch[0].images)
+            while self._pending and count + len(self._pending[0].images) <= self.max_batch_size:
+                batch.append(self._pending.popleft())
+                count += len(batch[-1].images)
+            self._pending_images -= count
+            return batch
 
     def _run_batch(self, batch):
         """Call each model once for its share of the batch, then hand out the rows."""
         by_model = {}
         for item in batch:
-            by_model.setdefault(id(item[0]), []).append(item)
+            by_model.setdefault(id(item.model), []).append(item)
         for items in by_model.values():
-            model = items[0][0]
             try:
-                images = np.concatenate([item[1] for item in items])
-                probabilities = model.infer(images)
+                images = items[0].images if len(items) == 1 else np.concatenate(
+                    [item.images for item in items])
+                probabilities = items[0].model.infer(images)
             except BaseException as error:
                 for item in items:
-                    item[2].set_exception(error)
+                    item.future.set_exception(error)
                 continue
+            # Counted before the answers go out, so a client that reads the metrics next sees it.
             if self.on_batch:
-                self.on_batch(len(images))
+                try:
+                    self.on_batch(len(images))
+                except Exception:
+                    log.exception("the batch callback failed")
             start = 0
-            for _, item_images, future in items:
-                future.set_result(probabilities[start:start + len(item_images)])
-                start += len(item_images)
+            for item in items:
+                item.future.set_result(probabilities[start:start + len(item.images)])
+                start += len(item.images)
 
 
 class _Expectation:
@@ -89,17 +120,21 @@ class _Expectation:
         self._active = False
 
     def __enter__(self):
-        with self._batcher._lock:
-            self._batcher._expected += 1
+        self._batcher._announce(+1)
         self._active = True
         return self
 
-    def done(self):
-        """The request has submitted (or given up): stop waiting for it."""
+    def settle_locked(self):
+        """The request has submitted: stop counting it (the caller holds the batcher's lock)."""
         if self._active:
-            with self._batcher._lock:
-                self._batcher._expected -= 1
+            self._batcher._expected -= 1
             self._active = False
+
+    def done(self):
+        """The request has given up before submitting: stop waiting for it."""
+        if self._active:
+            self._active = False
+            self._batcher._announce(-1)
 
     def __exit__(self, *exc):
         self.done()

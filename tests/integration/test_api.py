@@ -1,0 +1,227 @@
+"""The HTTP API of DESIGN.md, asked of the real gunicorn service."""
+
+import base64
+import io
+import shutil
+import struct
+import zlib
+
+import pytest
+import requests
+from PIL import Image
+
+from tests import support
+
+RED = support.SHAPE_COLOURS["red"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, trained_models):
+    """One service for the whole module, with small limits so that they can be hit."""
+    models = tmp_path_factory.mktemp("api") / "models"
+    shutil.copytree(trained_models, models)
+    running = support.RunningService(models, models.parent / "service.log",
+                                     max_images_per_request=4, max_request_bytes=2_000_000)
+    yield running.wait_ready()
+    running.stop()
+
+
+def jpeg(colour=RED, size=24, seed=0):
+    return support.encode(support.draw_picture(colour, size, seed))
+
+
+def predict(server, **kwargs):
+    params = kwargs.pop("params", None)
+    return requests.post(server.url("/predict"), params=params, timeout=30, **kwargs)
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["message"] and "Traceback" not in response.text
+    assert "/tmp" not in response.text
+
+
+# Every route.
+
+def test_liveness_and_readiness(server):
+    assert requests.get(server.url("/health/live")).json() == {"status": "ok"}
+    ready = requests.get(server.url("/health/ready"))
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "model": {"name": "shapes", "version": 1}}
+    assert requests.get(server.url("/health")).json() == ready.json()
+
+
+def test_model_describes_the_serving_version(server):
+    body = requests.get(server.url("/model")).json()
+    assert body["name"] == "shapes" and body["version"] == 1
+    assert body["classes"] == ["blue", "green", "red"] and body["loaded_at"]
+    assert "test_accuracy" in body["metrics"]
+
+
+def test_metrics_openapi_and_page_answer(server):
+    metrics = requests.get(server.url("/metrics"))
+    assert metrics.status_code == 200 and "http_requests_total" in metrics.text
+    assert requests.get(server.url("/openapi.json")).json()["openapi"].startswith("3.")
+    page = requests.get(server.url("/"))
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+
+
+# The three input forms.
+
+def test_multipart_files_are_answered_in_order_with_their_names(server):
+    files = [("file", ("first.jpg", jpeg(), "image/jpeg")),
+             ("file", ("second.png", support.encode(support.draw_picture(RED), "PNG"), "image/png"))]
+    response = predict(server, files=files)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"name": "shapes", "version": 1}
+    assert [p["filename"] for p in body["predictions"]] == ["first.jpg", "second.png"]
+    for prediction in body["predictions"]:
+        assert prediction["label"] in ("blue", "green", "red")
+        assert prediction["top_k"][0] == {"label": prediction["label"],
+                                          "confidence": prediction["confidence"]}
+        confidences = [entry["confidence"] for entry in prediction["top_k"]]
+        assert confidences == sorted(confidences, reverse=True) and len(confidences) == 3
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
+def test_a_raw_body_is_one_image(server, content_type):
+    response = predict(server, data=jpeg(), headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_json_takes_base64_and_data_urls(server):
+    encoded = base64.b64encode(jpeg()).decode()
+    response = predict(server, json={"images": [encoded, "data:image/jpeg;base64," + encoded]})
+    assert response.status_code == 200
+    first, second = response.json()["predictions"]
+    assert first["top_k"] == second["top_k"]
+
+
+def test_the_same_image_gets_the_same_answer_in_every_form(server):
+    image = jpeg(seed=7)
+    answers = [
+        predict(server, files={"file": ("a.jpg", image, "image/jpeg")}),
+        predict(server, data=image, headers={"Content-Type": "image/jpeg"}),
+        predict(server, json={"images": [base64.b64encode(image).decode()]}),
+    ]
+    assert len({str(answer.json()["predictions"][0]["top_k"]) for answer in answers}) == 1
+
+
+# top_k.
+
+@pytest.mark.parametrize("top_k, expected", [("1", 1), ("3", 3)])
+def test_top_k_sets_how_many_labels_come_back(server, top_k, expected):
+    response = predict(server, params={"top_k": top_k}, data=jpeg(),
+                       headers={"Content-Type": "image/jpeg"})
+    assert len(response.json()["predictions"][0]["top_k"]) == expected
+
+
+@pytest.mark.parametrize("top_k", ["0", "4", "two", "-1", ""])
+def test_top_k_out_of_range_is_a_bad_request(server, top_k):
+    response = predict(server, params={"top_k": top_k}, data=jpeg(),
+                       headers={"Content-Type": "image/jpeg"})
+    assert_error(response, 400, "invalid_top_k")
+
+
+# Errors.
+
+def test_a_truncated_jpeg_is_400(server):
+    data = support.encode(Image.effect_noise((64, 64), 50).convert("RGB"))
+    response = predict(server, files={"file": ("cut.jpg", data[: len(data) // 2], "image/jpeg")})
+    assert_error(response, 400, "corrupt_image")
+
+
+def test_a_text_file_named_jpg_is_415(server):
+    response = predict(server, files={"file": ("notes.jpg", b"hello, I am text\n", "image/jpeg")})
+    assert_error(response, 415, "unsupported_image")
+
+
+def huge_png(width=20000, height=20000):
+    """A real 20000x20000 black PNG: small on the wire, 400 megapixels once decoded."""
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    compressor, row = zlib.compressobj(9), b"\0" * (width + 1)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_a_20000_by_20000_png_is_413(server):
+    response = predict(server, files={"file": ("huge.png", huge_png(), "image/png")})
+    assert_error(response, 413, "image_too_large")
+    assert requests.get(server.url("/health/live")).status_code == 200
+
+
+def test_an_empty_body_is_400(server):
+    assert_error(predict(server, data=b"", headers={"Content-Type": "image/jpeg"}),
+                 400, "empty_image")
+
+
+def test_a_form_without_file_parts_is_400(server):
+    assert_error(predict(server, data={"image": "cat.jpg"}, files={}), 415,
+                 "unsupported_media_type")
+    response = predict(server, files={"note": (None, "not a file")})
+    assert_error(response, 400, "no_images")
+    assert "note" in response.json()["error"]["message"]
+
+
+def test_json_with_the_wrong_field_is_400(server):
+    response = predict(server, json={"image": base64.b64encode(jpeg()).decode()})
+    assert_error(response, 400, "invalid_json")
+    assert_error(predict(server, data=b"{not json", headers={"Content-Type": "application/json"}),
+                 400, "invalid_json")
+
+
+def test_bad_base64_is_400(server):
+    response = predict(server, json={"images": [base64.b64encode(jpeg()).decode(), "%%%not base64"]})
+    assert_error(response, 400, "invalid_base64")
+    assert "images[1]" in response.json()["error"]["message"]
+
+
+def test_too_many_files_is_413(server):
+    files = [("file", (f"{n}.jpg", jpeg(seed=n), "image/jpeg")) for n in range(5)]
+    assert_error(predict(server, files=files), 413, "too_many_images")
+
+
+def test_a_body_over_the_limit_is_413(server):
+    response = predict(server, data=b"\xff" * 2_500_000, headers={"Content-Type": "image/jpeg"})
+    assert_error(response, 413, "request_too_large")
+
+
+def test_an_unsupported_content_type_is_415(server):
+    assert_error(predict(server, data="hello", headers={"Content-Type": "text/plain"}),
+                 415, "unsupported_media_type")
+
+
+def test_unknown_routes_and_methods_are_json_404_and_405(server):
+    assert_error(requests.get(server.url("/no/such/route")), 404, "not_found")
+    response = requests.get(server.url("/predict"))
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_the_service_survives_a_burst_of_bad_input(server):
+    for payload in (b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff" + b"\0" * 100, b"BM"):
+        status = predict(server, data=payload, headers={"Content-Type": "image/png"}).status_code
+        assert 400 <= status < 500
+    assert predict(server, data=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+def test_each_answer_names_its_request_id(server):
+    response = requests.get(server.url("/health"), headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert len(requests.get(server.url("/health")).headers["X-Request-ID"]) >= 16
+
+
+def test_a_large_upload_of_a_real_photo_size_is_resized(server):
+    photo = Image.new("RGB", (3000, 2000), RED)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=85)
+    response = predict(server, data=buffer.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200

@@ -1,0 +1,121 @@
+"""The training command: what it publishes, and how it refuses bad input."""
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from model_training import evaluate, train
+from tests import support
+
+
+def run_cli(*args):
+    """Run `python -m model_training.train` as a user would; return (status, stdout, stderr)."""
+    result = subprocess.run([sys.executable, "-m", "model_training.train", *map(str, args)],
+                            cwd=support.ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_version_is_published_with_model_metadata_and_pictures(trained_models):
+    folder = trained_models / "shapes" / "1"
+    assert sorted(os.listdir(folder)) == ["confusion-matrix.png", "metadata.json",
+                                          "model.keras", "training-curves.png"]
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["name"] == "shapes" and metadata["version"] == 1
+    assert metadata["classes"] == ["blue", "green", "red"]
+    assert metadata["input"] == {"height": 16, "width": 16, "channels": 3}
+    assert 0 <= metadata["metrics"]["test_accuracy"] <= 1
+    assert set(metadata["metrics"]["per_class_accuracy"]) <= set(metadata["classes"])
+    assert metadata["dataset"]["test_images"] == 18
+    training = metadata["training"]
+    assert training["epochs_run"] >= 1 and 1 <= training["best_epoch"] <= training["epochs_run"]
+    assert training["seconds"] > 0 and training["early_stopping"]["restore_best_weights"]
+    assert training["command"].startswith("python -m model_training.train --data-dir")
+    created = datetime.datetime.fromisoformat(metadata["created_at"])
+    assert created.utcoffset() == datetime.timedelta(0)
+    assert metadata["framework"]["tensorflow"] and metadata["framework"]["keras"]
+
+
+def test_the_saved_model_rescales_inside_and_reproduces_its_test_results(trained_models,
+                                                                          shapes_dataset):
+    folder = trained_models / "shapes" / "1"
+    model = keras.saving.load_model(folder / "model.keras")
+    assert isinstance(model.layers[1], keras.layers.Rescaling)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    # The reloaded model, given the same held-out images, makes exactly the recorded predictions.
+    args = train.parse_args(["--data-dir", str(shapes_dataset), "--image-size", "16",
+                             "--validation-split", "0.2", "--test-split", "0.2"])
+    _, _, test_set, _ = train.load_data(args)
+    assert evaluate.evaluate(model, test_set)["confusion_matrix"] == \
+        metadata["metrics"]["confusion_matrix"]
+    # Augmentation is off at inference: the same picture always gets the same answer.
+    raw = test_set.images[:4].astype("float32")
+    assert np.allclose(model(raw, training=False), model(raw, training=False))
+    assert np.allclose(model.predict(raw, verbose=0), model(raw, training=False), atol=1e-5)
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path, shapes_dataset):
+    data = tmp_path / "data"
+    support.make_image_folder(data, per_class=12)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "green" / "notes.txt").write_text("not an image")
+    folder = support.train_tiny_model(data, tmp_path / "models", "--epochs", "1")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["dataset"]["skipped_files"] == 2
+    assert folder.name == "1"
+
+
+def test_the_next_run_takes_the_next_version_number(tmp_path, models_dir, shapes_dataset):
+    folder = support.train_tiny_model(shapes_dataset, models_dir, "--epochs", "1")
+    assert folder == models_dir / "shapes" / "2"
+    assert json.loads((folder / "metadata.json").read_text())["version"] == 2
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda tmp: ["--data-dir", tmp / "missing"], "does not exist"),
+    (lambda tmp: ["--data-dir", tmp], "holds no images"),
+    (lambda tmp: ["--data-dir", single_class(tmp)], "at least two class"),
+    (lambda tmp: ["--data-dir", tmp, "--epochs", "0"], "must be at least 1"),
+    (lambda tmp: ["--dataset", "imagenet"], "invalid choice"),
+    (lambda tmp: [], "required"),
+])
+def test_bad_arguments_exit_2_with_one_clear_message(tmp_path, make_args, message):
+    status, stdout, stderr = run_cli(*make_args(tmp_path))
+    assert status == 2
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+def single_class(folder):
+    """A data folder whose only class is 'red'."""
+    support.make_image_folder(folder / "single", per_class=3)
+    for name in ("green", "blue"):
+        for file in (folder / "single" / name).iterdir():
+            file.unlink()
+        (folder / "single" / name).rmdir()
+    return folder / "single"
+
+
+def test_an_unwritable_output_fails_before_training(tmp_path, shapes_dataset):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("output cannot go under a file")
+    status, _, stderr = run_cli("--data-dir", shapes_dataset, "--output", blocker / "models")
+    assert status == 2 and "cannot write to output folder" in stderr
+
+
+def test_a_run_that_fails_while_publishing_leaves_no_version(tmp_path, shapes_dataset, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "plot_confusion_matrix", disk_full)
+    status = train.main(["--data-dir", str(shapes_dataset), "--output", str(tmp_path / "models"),
+                         "--epochs", "1", "--width", "8", "--image-size", "16",
+                         "--precision", "float32"])
+    assert status == 2
+    assert os.listdir(tmp_path / "models" / "shapes") == []

@@ -1,0 +1,33 @@
+"""Settings come from the environment, with safe defaults and clear refusals."""
+
+import pytest
+
+from service.config import Settings, SettingsError
+
+
+def test_defaults_serve_the_shipped_model_on_port_8000():
+    settings = Settings.from_env({})
+    assert (settings.port, settings.versions_dir) == (8000, "models/cifar10")
+    assert settings.api_key == "" and settings.default_top_k == 3
+
+
+def test_each_setting_is_read_from_its_upper_case_variable():
+    settings = Settings.from_env({"PORT": "9000", "BATCH_MAX_WAIT_MS": "2.5", "API_KEY": "s3cret",
+                                  "MODEL_DIR": "/srv/models", "MODEL_NAME": "flowers",
+                                  "MAX_IMAGES_PER_REQUEST": " 4 ", "LOG_LEVEL": ""})
+    assert settings.port == 9000 and settings.batch_max_wait_ms == 2.5
+    assert settings.api_key == "s3cret" and settings.max_images_per_request == 4
+    assert settings.versions_dir == "/srv/models/flowers"
+    assert settings.log_level == "info"
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("PORT", "eighty", "PORT must be a int"),
+    ("WORKERS", "0", "WORKERS must be at least 1"),
+    ("BATCH_MAX_WAIT_MS", "-1", "BATCH_MAX_WAIT_MS must not be negative"),
+    ("MODEL_POLL_SECONDS", "0", "MODEL_POLL_SECONDS must be above 0"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL must be"),
+])
+def test_unusable_values_are_refused_with_the_variable_named(variable, value, words):
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_env({variable: value})

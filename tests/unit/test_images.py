@@ -1,0 +1,138 @@
+"""Decoding uploads: formats, modes, orientation, sizes and every way an image can be bad."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ApiError
+from service.images import decode_image
+from tests.support import encode
+
+LIMIT = 40_000_000
+
+
+def decode(data, height=8, width=8, channels=3):
+    return decode_image(data, height, width, channels, LIMIT)
+
+
+def solid(mode, colour, size=(8, 8)):
+    return Image.new(mode, size, colour)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_each_supported_format_decodes_to_the_model_input(image_format):
+    pixels = decode(encode(solid("RGB", (200, 30, 30), (20, 12)), image_format))
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8
+    red, green, blue = pixels.reshape(-1, 3).mean(axis=0)
+    assert red > 150 and green < 80 and blue < 80
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    frames = [solid("RGB", (255, 0, 0)), solid("RGB", (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    red, _, blue = decode(buffer.getvalue()).reshape(-1, 3).mean(axis=0)
+    assert red > 200 and blue < 50
+
+
+def test_exif_orientation_is_honoured():
+    # A 4x2 picture, left half black and right half white, tagged "rotate 90 clockwise".
+    image = solid("L", 0, (4, 2))
+    image.paste(255, (2, 0, 4, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(image.convert("RGB"), "PNG", exif=exif.tobytes())
+    upright = decode(data, height=4, width=2, channels=1)[..., 0]
+    # Turned upright it is 2 wide and 4 tall: the black half on top, the white one below.
+    assert upright[:2].mean() < 60 and upright[2:].mean() > 190
+
+
+@pytest.mark.parametrize("mode, colour, expected", [
+    ("L", 128, (128, 128, 128)),
+    ("1", 1, (255, 255, 255)),
+    ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+    ("P", 3, None),
+    ("RGBA", (10, 200, 10, 255), (10, 200, 10)),
+])
+def test_any_mode_becomes_rgb(mode, colour, expected):
+    image = solid(mode, colour)
+    pixels = decode(encode(image, "TIFF" if mode == "CMYK" else "PNG"))
+    assert pixels.shape == (8, 8, 3)
+    if expected:
+        assert np.allclose(pixels.reshape(-1, 3).mean(axis=0), expected, atol=3)
+
+
+def test_transparent_pixels_are_composited_on_white():
+    pixels = decode(encode(solid("RGBA", (0, 0, 0, 0)), "PNG"))
+    assert pixels.min() == 255
+    half = decode(encode(solid("LA", (0, 128)), "PNG"), channels=1)
+    assert 120 <= half.mean() <= 135
+
+
+def test_sixteen_bit_greys_are_scaled_not_clipped():
+    image = Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16))
+    assert image.mode.startswith("I;16")
+    pixels = decode(encode(image, "PNG"), channels=1)
+    assert 126 <= pixels.mean() <= 130
+
+
+def test_colour_becomes_one_channel_for_a_grey_model():
+    pixels = decode(encode(solid("RGB", (255, 255, 255)), "PNG"), height=5, width=7, channels=1)
+    assert pixels.shape == (5, 7, 1) and pixels.min() == 255
+
+
+def test_large_pictures_are_resized_to_the_model_input():
+    pixels = decode(encode(solid("RGB", (0, 255, 0), (1024, 768))), height=32, width=32)
+    assert pixels.shape == (32, 32, 3) and pixels[..., 1].mean() > 240
+
+
+def error_of(data, **limits):
+    with pytest.raises(ApiError) as caught:
+        decode_image(data, 8, 8, 3, limits.get("max_pixels", LIMIT))
+    return caught.value.status, caught.value.code
+
+
+def test_an_empty_upload_is_a_bad_request():
+    assert error_of(b"") == (400, "empty_image")
+
+
+def test_text_is_not_an_image():
+    assert error_of(b"just some words, not a picture\n" * 10) == (415, "unsupported_image")
+
+
+def test_a_format_outside_the_list_is_refused():
+    assert error_of(encode(solid("RGB", (1, 2, 3)), "PCX")) == (415, "unsupported_image")
+
+
+def test_a_truncated_jpeg_is_a_bad_request():
+    data = encode(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG")
+    assert error_of(data[: len(data) // 2]) == (400, "corrupt_image")
+
+
+def test_a_damaged_png_is_a_bad_request():
+    data = bytearray(encode(Image.effect_noise((64, 64), 60).convert("RGB"), "PNG"))
+    data[100:140] = b"\x00" * 40
+    assert error_of(bytes(data)) == (400, "corrupt_image")
+
+
+def png_header_only(width, height):
+    """A PNG that declares width x height pixels; the data is never needed to refuse it."""
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    assert error_of(png_header_only(20000, 20000)) == (413, "image_too_large")
+
+
+def test_the_pixel_limit_is_a_setting():
+    data = encode(solid("RGB", (5, 5, 5), (100, 100)), "PNG")
+    assert error_of(data, max_pixels=9_999) == (413, "image_too_large")
+    assert decode_image(data, 8, 8, 3, 10_000).shape == (8, 8, 3)

@@ -1,0 +1,81 @@
+"""The model store serves the newest complete version and survives broken ones."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from service.model_store import ModelLoadError, ModelStore, ServingModel, complete_versions
+
+
+def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
+    """Publish a copy of version 1 as `version`, the way the trainer does: complete, then renamed."""
+    versions = models_dir / "shapes"
+    staging = versions / f".tmp-{version}"
+    shutil.copytree(versions / "1", staging)
+    if break_model:
+        (staging / "model.keras").write_bytes(b"this is not a keras archive")
+    if metadata_changes:
+        metadata = json.loads((staging / "metadata.json").read_text())
+        metadata.update(metadata_changes)
+        (staging / "metadata.json").write_text(json.dumps(metadata))
+    staging.rename(versions / str(version))
+
+
+def test_only_complete_numbered_folders_are_versions(models_dir):
+    versions = models_dir / "shapes"
+    (versions / ".tmp-2").mkdir()
+    (versions / "3").mkdir()
+    (versions / "notes").mkdir()
+    (versions / "3" / "metadata.json").write_text("{}")
+    assert complete_versions(versions) == [1]
+
+
+def test_the_store_serves_the_highest_version_and_swaps_to_a_newer_one(models_dir):
+    store = ModelStore(models_dir / "shapes")
+    assert store.refresh() and store.current.version == 1 and store.state == "ready"
+    assert not store.refresh()
+    publish_copy(models_dir, 2)
+    old = store.current
+    assert store.refresh() and store.current.version == 2
+    # The old version stays usable for requests that already hold it.
+    assert old.infer(np.zeros((1, 16, 16, 3), np.uint8)).shape == (1, 3)
+
+
+def test_a_broken_version_is_skipped_and_the_old_one_keeps_serving(models_dir):
+    store = ModelStore(models_dir / "shapes")
+    store.refresh()
+    publish_copy(models_dir, 2, break_model=True)
+    assert not store.refresh()
+    assert store.current.version == 1 and store.state == "ready"
+    publish_copy(models_dir, 3)
+    assert store.refresh() and store.current.version == 3
+
+
+def test_at_start_a_broken_newest_version_falls_back_to_the_one_below(models_dir):
+    publish_copy(models_dir, 2, break_model=True)
+    store = ModelStore(models_dir / "shapes")
+    store.refresh()
+    assert store.current.version == 1
+
+
+def test_metadata_that_contradicts_the_model_is_refused(models_dir):
+    publish_copy(models_dir, 2, metadata_changes={"classes": ["only", "two"]})
+    with pytest.raises(ModelLoadError, match="2 classes"):
+        ServingModel(models_dir / "shapes" / "2")
+
+
+def test_an_empty_folder_reports_that_no_model_was_published(tmp_path):
+    store = ModelStore(tmp_path / "nothing-here")
+    assert not store.refresh()
+    assert store.current is None and store.state == "no_model"
+    assert "no model version" in store.reason
+
+
+def test_inference_returns_one_probability_row_per_image(models_dir):
+    model = ServingModel(models_dir / "shapes" / "1", warm_batch_size=4)
+    scores = model.infer(np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), np.uint8))
+    assert scores.shape == (5, 3)
+    assert np.allclose(scores.sum(axis=1), 1, atol=1e-4)
+    assert model.describe()["version"] == 1 and model.describe()["loaded_at"]
