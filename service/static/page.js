@@ -107,7 +107,9 @@ async function classify(file) {
   if (!response.ok) {
     const message = body && body.error ? body.error.message
       : `The service answered ${response.status} without saying why.`;
-    showError(`Could not classify ${file.name}`, message);
+    const title = response.status === 401 ? "This service needs a valid API key"
+      : `Could not classify ${file.name}`;
+    showError(title, message);
     return;
   }
   showModel(body.model.name, body.model.version);

@@ -1,0 +1,74 @@
+"""The upload page in headless Chromium against the real gunicorn service."""
+
+import os
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests import support
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(support.CHROMIUM),
+                       reason=f"{support.CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -r requirements-test.txt)")
+
+# Chromium as Debian ships it, kept off every network but the service's loopback.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = support.ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def page():
+    """A fresh page in headless Chromium, closed after the test."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=support.CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 900, "height": 760})
+        finally:
+            browser.close()
+
+
+def test_an_uploaded_image_gets_labels_and_a_text_file_gets_an_error(service, page, tmp_path):
+    picture = tmp_path / "red-circle.jpg"
+    support.draw_picture(support.SHAPE_COLOURS["red"], size=96, seed=3).save(picture, quality=92)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("These are notes, not a picture.\n")
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    expect = sync_api.expect
+
+    page.goto(service.url("/"))
+    expect(page.locator("#model")).to_contain_text("shapes")
+    expect(page.locator("#model")).to_contain_text("version 1")
+
+    page.set_input_files("#file", str(picture))
+    expect(page.locator("#preview")).to_be_visible()
+    labels = page.locator("#labels .label")
+    expect(labels).to_have_count(3, timeout=30_000)
+    assert set(labels.all_inner_texts()) == set(support.SHAPE_COLOURS)
+    confidences = page.locator("#labels .confidence").all_inner_texts()
+    assert all(text.endswith("%") for text in confidences)
+    bar_widths = [box["width"] for box in
+                  (bar.bounding_box() for bar in page.locator("#labels .bar span").all())]
+    assert bar_widths == sorted(bar_widths, reverse=True) and bar_widths[0] > 0
+    expect(page.locator("#error")).to_be_hidden()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+
+    page.set_input_files("#file", str(text_file))
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=30_000)
+    expect(error).to_contain_text("notes.txt")
+    expect(error).to_contain_text("not an image in a supported format")
+    expect(page.locator("#labels")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "page-error.png"), full_page=True)
+
+    # Nothing is fetched from anywhere but the service itself.
+    origins = {f"{parts.scheme}://{parts.netloc}" for parts in map(urlsplit, requested)
+               if parts.scheme in ("http", "https")}
+    assert origins == {service.base_url}
