@@ -1,6 +1,6 @@
 """The one error type and JSON error body every route answers with."""
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -34,7 +34,8 @@ def register_error_handlers(app):
         message = {
             404: "No such route. See /openapi.json for the API.",
             405: f"{request.method} is not allowed on this route. See /openapi.json for the API.",
-            413: "The request body is too large.",
+            413: (f"The request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} "
+                  "bytes or has too many parts."),
         }.get(error.code, error.description or error.name)
         if error.code == 413:
             code = "request_too_large"

@@ -102,6 +102,7 @@ class ModelStore:
         self.current = None
         self.state, self.reason = "loading", "the model is loading"
         self._failed = {}
+        self._settled = threading.Event()
         self._stop = threading.Event()
         self._thread = None
 
@@ -110,6 +111,12 @@ class ModelStore:
         self._thread = threading.Thread(target=self._run, name="model-store", daemon=True)
         self._thread.start()
         return self
+
+    def wait_for_model(self, timeout):
+        """The serving model; while the first load is under way, wait up to `timeout` for it."""
+        if self.current is None and self.state == "loading":
+            self._settled.wait(timeout)
+        return self.current
 
     def stop(self):
         """Stop polling (the serving model stays usable)."""
@@ -121,6 +128,9 @@ class ModelStore:
                 self.refresh()
             except Exception:
                 log.exception("model poll failed")
+            finally:
+                # The first look has ended, with or without a model: nobody should wait longer.
+                self._settled.set()
             self._stop.wait(self.poll_seconds)
 
     def refresh(self):

@@ -119,3 +119,14 @@ def test_a_run_that_fails_while_publishing_leaves_no_version(tmp_path, shapes_da
                          "--precision", "float32"])
     assert status == 2
     assert os.listdir(tmp_path / "models" / "shapes") == []
+
+
+def test_a_keras_dataset_that_cannot_be_downloaded_says_so(tmp_path, monkeypatch, capsys):
+    def offline():
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    status = train.main(["--dataset", "mnist", "--output", str(tmp_path / "models")])
+    assert status == 2
+    assert "could not download the mnist dataset" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "models" / "mnist") == []
