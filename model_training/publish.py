@@ -22,13 +22,28 @@ def existing_versions(model_dir):
 
 
 def check_writable(model_dir):
-    """Fail before training, not after, when the output folder cannot be written."""
+    """Fail before training, not after, when the output folder cannot be written.
+
+    Folders this check had to create are removed again, so a run that fails
+    later leaves nothing behind; publishing creates them for good.
+    """
+    created = []
+    folder = os.path.abspath(model_dir)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(model_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=model_dir, prefix=TEMPORARY_PREFIX):
             pass
     except OSError as error:
         raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+    finally:
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 def publish(model_dir, write_files):
@@ -37,8 +52,11 @@ def publish(model_dir, write_files):
     The folder gets its number only once every file is complete, so a reader
     polling `model_dir` never sees half a version.
     """
-    check_writable(model_dir)
-    staging = tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
+    except OSError as error:
+        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
     try:
         os.chmod(staging, 0o755)
         version = (existing_versions(model_dir) or [0])[-1] + 1

@@ -86,10 +86,12 @@ def test_the_next_run_takes_the_next_version_number(tmp_path, models_dir, shapes
     (lambda tmp: [], "required"),
 ])
 def test_bad_arguments_exit_2_with_one_clear_message(tmp_path, make_args, message):
-    status, stdout, stderr = run_cli(*make_args(tmp_path))
+    output = tmp_path / "models"
+    status, stdout, stderr = run_cli(*make_args(tmp_path), "--output", output)
     assert status == 2
     assert message in stderr
     assert "Traceback" not in stderr
+    assert not output.exists(), "a failed run left folders behind"
 
 
 def single_class(folder):
@@ -129,4 +131,4 @@ def test_a_keras_dataset_that_cannot_be_downloaded_says_so(tmp_path, monkeypatch
     status = train.main(["--dataset", "mnist", "--output", str(tmp_path / "models")])
     assert status == 2
     assert "could not download the mnist dataset" in capsys.readouterr().err
-    assert os.listdir(tmp_path / "models" / "mnist") == []
+    assert not (tmp_path / "models").exists()
