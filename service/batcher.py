@@ -14,14 +14,15 @@ _Request = collections.namedtuple("_Request", "model images future arrived")
 
 
 class Batcher:
-    """Runs every model call on one thread, batching requests that arrive together.
+    """Makes one model call at a time, batching requests that arrive together.
 
-    A request that finds nobody else on the way is run at once. While other
-    requests are still decoding their images (they said so with `expect()`),
-    the batcher waits for them, up to `max_wait_seconds` after the oldest
-    waiting request was submitted, and takes up to `max_batch_size` images in
-    one call. A request is never split: one with more images than
-    `max_batch_size` is one call of its own.
+    A request that finds the model idle and nobody else on the way is run at
+    once, on its own thread. Otherwise it joins the queue of the batcher's
+    thread, which waits for requests still decoding their images (they said so
+    with `expect()`), up to `max_wait_seconds` after the oldest queued request
+    was submitted, and takes up to `max_batch_size` images in one call. A
+    request is never split: one with more images than `max_batch_size` is one
+    call of its own.
     """
 
     def __init__(self, max_batch_size=32, max_wait_seconds=0.005, on_batch=None):
@@ -31,6 +32,7 @@ class Batcher:
         self._pending = collections.deque()
         self._pending_images = 0
         self._expected = 0
+        self._model_busy = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
@@ -41,14 +43,27 @@ class Batcher:
 
     def submit(self, model, images, expectation=None):
         """Return the probabilities `model` gives for `images`, computed in some batch."""
-        future = Future()
         with self._changed:
-            self._pending.append(_Request(model, images, future, time.monotonic()))
-            self._pending_images += len(images)
             if expectation is not None:
                 expectation.settle_locked()
-            self._wake_locked()
-        return future.result()
+            alone = not (self._model_busy or self._pending or self._expected > 0)
+            if alone:
+                self._model_busy = True
+            else:
+                future = Future()
+                self._pending.append(_Request(model, images, future, time.monotonic()))
+                self._pending_images += len(images)
+                self._wake_locked()
+        if not alone:
+            return future.result()
+        # Running here rather than on the batcher's thread saves two thread hand-offs.
+        try:
+            return self._call_model(model, images)
+        finally:
+            with self._changed:
+                self._model_busy = False
+                if self._pending:
+                    self._changed.notify()
 
     def _announce(self, change):
         """Count a request in (+1) or out (-1) of the announced ones."""
@@ -63,14 +78,30 @@ class Batcher:
                 or self._pending_images >= self.max_batch_size):
             self._changed.notify()
 
+    def _call_model(self, model, images):
+        """One model call, counted."""
+        probabilities = model.infer(images)
+        # Counted before the answers go out, so a client that reads the metrics next sees it.
+        if self.on_batch:
+            try:
+                self.on_batch(len(images))
+            except Exception:
+                log.exception("the batch callback failed")
+        return probabilities
+
     def _run(self):
         while True:
-            self._run_batch(self._next_batch())
+            batch = self._next_batch()
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._changed:
+                    self._model_busy = False
 
     def _next_batch(self):
         """Wait for company while some is announced, then take up to a full batch, oldest first."""
         with self._changed:
-            while not self._pending:
+            while not self._pending or self._model_busy:
                 self._changed.wait()
             deadline = self._pending[0].arrived + self.max_wait_seconds
             while self._expected > 0 and self._pending_images < self.max_batch_size:
@@ -84,6 +115,7 @@ class Batcher:
                 batch.append(self._pending.popleft())
                 count += len(batch[-1].images)
             self._pending_images -= count
+            self._model_busy = True
             return batch
 
     def _run_batch(self, batch):
@@ -95,17 +127,11 @@ class Batcher:
             try:
                 images = items[0].images if len(items) == 1 else np.concatenate(
                     [item.images for item in items])
-                probabilities = items[0].model.infer(images)
+                probabilities = self._call_model(items[0].model, images)
             except BaseException as error:
                 for item in items:
                     item.future.set_exception(error)
                 continue
-            # Counted before the answers go out, so a client that reads the metrics next sees it.
-            if self.on_batch:
-                try:
-                    self.on_batch(len(images))
-                except Exception:
-                    log.exception("the batch callback failed")
             start = 0
             for item in items:
                 item.future.set_result(probabilities[start:start + len(item.images)])

@@ -15,6 +15,10 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
 wsgi_app = "service.wsgi:app"
 bind = f"{settings.host}:{settings.port}"
 worker_class = "gthread"
+# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
+# evenly over the workers; on one shared socket, whichever worker wakes first takes them,
+# and kept-alive clients can end up nearly all on one worker while the other idles.
+reuse_port = True
 workers = settings.workers
 threads = settings.threads
 # No preload: TensorFlow is not fork-safe, so each worker loads the model after the fork.
@@ -41,3 +45,8 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server):
+    """Say where the workers listen: with reuse_port the master holds no socket to name."""
+    server.log.info("Workers listen at http://%s (SO_REUSEPORT, one socket each)", bind)

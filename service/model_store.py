@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from service.inference import make_runner
+
 log = logging.getLogger("service.model_store")
 
 MODEL_FILE = "model.keras"
@@ -37,7 +39,6 @@ class ServingModel:
 
     def __init__(self, path, warm_batch_size=1):
         import keras
-        import tensorflow as tf
 
         self.path = path
         try:
@@ -61,17 +62,16 @@ class ServingModel:
                 f"model takes {model_input} and gives {model_output} scores, but the metadata "
                 f"says {self.input_shape} and {len(self.classes)} classes")
 
-        # One traced graph for every batch size: no per-request model.predict overhead.
-        self._call = tf.function(
-            lambda images: self.model(tf.cast(images, tf.float32), training=False),
-            input_signature=[tf.TensorSpec((None,) + self.input_shape, tf.uint8)])
+        # Compiled once for every batch size up to the batcher's largest, and warmed, so that
+        # no request pays for tracing or for model.predict's per-call overhead.
+        self._run = make_runner(self.model, self.input_shape, warm_batch_size)
         for size in sorted({1, warm_batch_size}):
             self.infer(np.zeros((size,) + self.input_shape, dtype=np.uint8))
         self.loaded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     def infer(self, images):
         """Return class probabilities for a uint8 batch of shape (count, height, width, channels)."""
-        return self._call(images).numpy()
+        return self._run(images)
 
     def describe(self):
         """The metadata, plus where and when this process loaded it."""
