@@ -1,0 +1,53 @@
+"""The baseline peer: the pattern most tutorials ship, Flask's own server calling model.predict.
+
+Run: python -m benchmarks.peer_app --model models/cifar10/1 --port 18001
+It loads the same model and decodes the same way as the service, then calls
+`model.predict` once per request from Flask's threaded development server.
+"""
+
+import argparse
+
+import numpy as np
+from flask import Flask, jsonify, request
+
+from service.config import Settings
+from service.images import decode_image
+from service.model_store import ServingModel
+
+TOP_K = 3
+
+
+def create_peer_app(model_path):
+    """A Flask app with the tutorial's /predict, plus a readiness route for the benchmark."""
+    serving = ServingModel(model_path)
+    max_pixels = Settings().max_image_pixels
+    app = Flask(__name__)
+
+    @app.post("/predict")
+    def predict():
+        data = request.files["file"].read()
+        image = decode_image(data, *serving.input_shape, max_pixels)
+        scores = serving.model.predict(image[np.newaxis], verbose=0)[0]
+        best = np.argsort(scores)[::-1][:TOP_K]
+        ranked = [{"label": serving.classes[i], "confidence": round(float(scores[i]), 4)}
+                  for i in best]
+        return jsonify({"predictions": [{**ranked[0], "top_k": ranked}]})
+
+    @app.get("/health/ready")
+    def ready():
+        return jsonify({"status": "ready"})
+
+    return app
+
+
+def main(argv=None):
+    """Serve on loopback with Flask's development server, threaded as app.run() is by default."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_app", description=__doc__)
+    parser.add_argument("--model", required=True, help="a model version folder")
+    parser.add_argument("--port", type=int, default=18001)
+    args = parser.parse_args(argv)
+    create_peer_app(args.model).run(host="127.0.0.1", port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

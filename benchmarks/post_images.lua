@@ -1,0 +1,71 @@
+-- wrk script: POST real JPEGs to the URL as multipart/form-data, one image per request.
+-- Usage: wrk -s benchmarks/post_images.lua URL -- IMAGE_LIST_FILE MAX_REQUESTS_PER_THREAD
+-- It counts every answer that is not 200 and prints the results as one JSON line.
+
+local boundary = "benchmark-boundary-7d1f0c"
+local bodies = {}
+local next_index = 0
+local max_requests = math.huge
+sent = 0
+not_ok = 0
+first_bad_status = 0
+
+local threads = {}
+
+function setup(thread)
+   thread:set("thread_number", #threads)
+   table.insert(threads, thread)
+end
+
+function init(args)
+   max_requests = tonumber(args[2]) or math.huge
+   local headers = {["Content-Type"] = "multipart/form-data; boundary=" .. boundary}
+   for path in io.lines(args[1]) do
+      local file = assert(io.open(path, "rb"))
+      local data = file:read("*a")
+      file:close()
+      local name = path:match("([^/]+)$")
+      local body = "--" .. boundary .. "\r\n"
+         .. 'Content-Disposition: form-data; name="file"; filename="' .. name .. '"\r\n'
+         .. "Content-Type: image/jpeg\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
+      table.insert(bodies, wrk.format("POST", nil, headers, body))
+   end
+   -- Threads start at different images so that they do not send the same one in step.
+   next_index = (thread_number * 7919) % #bodies
+end
+
+function request()
+   sent = sent + 1
+   if sent > max_requests then
+      wrk.thread:stop()
+   end
+   next_index = next_index % #bodies + 1
+   return bodies[next_index]
+end
+
+function response(status, headers, body)
+   if status ~= 200 then
+      not_ok = not_ok + 1
+      if first_bad_status == 0 then
+         first_bad_status = status
+      end
+   end
+end
+
+function done(summary, latency, requests)
+   local not_ok_total, bad_status = 0, 0
+   for _, thread in ipairs(threads) do
+      not_ok_total = not_ok_total + thread:get("not_ok")
+      if bad_status == 0 then
+         bad_status = thread:get("first_bad_status")
+      end
+   end
+   local errors = summary.errors
+   io.write(string.format(
+      'WRK_RESULT {"requests": %d, "duration_us": %d, "not_200": %d, "first_bad_status": %d, '
+         .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "status_errors": %d, '
+         .. '"timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+      summary.requests, summary.duration, not_ok_total, bad_status,
+      errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end

@@ -1,0 +1,41 @@
+"""The benchmark's images: a fixed sample of real JPEGs, from a folder or the dataset archive."""
+
+import os
+import random
+import tarfile
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+def sample_from_folder(folder, count, seed=0):
+    """Pick `count` JPEGs under `folder` (searched recursively), the same ones on every run."""
+    paths = sorted(os.path.join(root, name)
+                   for root, _, names in os.walk(folder)
+                   for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise SystemExit(f"no JPEG images under {folder}")
+    random.Random(seed).shuffle(paths)
+    return paths[:count]
+
+
+def extract_sample(archive, target, count, seed=0):
+    """Extract `count` JPEGs from a .tar.gz of class folders into `target`; return their paths."""
+    with tarfile.open(archive) as tar:
+        members = sorted((member for member in tar.getmembers()
+                          if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)),
+                         key=lambda member: member.name)
+        random.Random(seed).shuffle(members)
+        chosen = members[:count]
+        if not chosen:
+            raise SystemExit(f"no JPEG images in {archive}")
+        tar.extractall(target, members=chosen, filter="data")
+    return [os.path.join(target, member.name) for member in chosen]
+
+
+def read_images(paths):
+    """The bytes of each image, in order."""
+    images = []
+    for path in paths:
+        with open(path, "rb") as file:
+            images.append(file.read())
+    return images
