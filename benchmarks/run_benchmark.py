@@ -135,11 +135,16 @@ def service_settings(args, model_dir):
             **args.service_env}
 
 
-def describe_service(environment):
-    """A short label naming the service's process and thread layout."""
+def effective_settings(environment):
+    """The settings the service will read: this shell's environment plus the benchmark's."""
     from service.config import Settings
 
-    settings = Settings.from_env(environment)
+    return Settings.from_env({**os.environ, **environment})
+
+
+def describe_service(environment):
+    """A short label naming the service's process and thread layout."""
+    settings = effective_settings(environment)
     return (f"service (gunicorn, {settings.workers} worker(s) × {settings.threads} threads, "
             f"batches ≤ {settings.batch_max_size}, wait ≤ {settings.batch_max_wait_ms:g} ms)")
 
@@ -195,8 +200,8 @@ def main(argv=None):
         "model": f"{metadata['name']}/{os.path.basename(model_path)}",
         "parameters": metadata.get("training", {}).get("parameters", 0),
         "load_generator": f"{wrk_version()} (1 thread, Lua script benchmarks/post_images.lua)",
-        "seconds": args.seconds, "machine": machine_description(), "load_before": load_average(),
-        "idle_before": wait_for_quiet(args.quiet_wait),
+        "seconds": args.seconds, "machine": machine_description(),
+        "idle_before": wait_for_quiet(args.quiet_wait), "load_before": load_average(),
         "service_environment": environment}}
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work_dir:
         image_list, image_count = prepare_images(args, work_dir)
@@ -204,7 +209,7 @@ def main(argv=None):
         if "in-process" in args.only:
             with OtherLoad() as other:
                 results["in_process"] = measure_in_process(
-                    model_path, image_list, int(environment.get("BATCH_MAX_SIZE", 32)),
+                    model_path, image_list, effective_settings(environment).batch_max_size,
                     args.seconds)
             results["in_process"]["other_cpu_share"] = other.share
             print(f"in-process: {json.dumps(results['in_process'])}", flush=True)
