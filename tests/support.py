@@ -1,6 +1,7 @@
 """Helpers for tests: drawn images, a tiny trained model, and a real gunicorn process."""
 
 import io
+import json
 import os
 import random
 import shutil
@@ -61,6 +62,20 @@ def train_tiny_model(data_dir, output, *extra_args):
     assert status == 0, f"tiny training failed with status {status}"
     versions = sorted(Path(output).glob("*/*/metadata.json"))
     return versions[-1].parent
+
+
+def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
+    """Publish a copy of version 1 as `version`, the way the trainer does: complete, then renamed."""
+    versions = Path(models_dir) / "shapes"
+    staging = versions / f".tmp-{version}"
+    shutil.copytree(versions / "1", staging)
+    if break_model:
+        (staging / "model.keras").write_bytes(b"PK\x03\x04 truncated archive")
+    if metadata_changes:
+        metadata = json.loads((staging / "metadata.json").read_text())
+        metadata.update(metadata_changes)
+        (staging / "metadata.json").write_text(json.dumps(metadata))
+    staging.rename(versions / str(version))
 
 
 def free_port():

@@ -17,15 +17,6 @@ def post_image(server, headers=None, data=IMAGE, timeout=30):
     return requests.post(server.url("/predict"), data=data, headers=headers, timeout=timeout)
 
 
-def publish_copy(models_dir, version, break_model=False):
-    """Publish a copy of version 1 as `version`, complete before it gets its number."""
-    staging = models_dir / "shapes" / f".tmp-{version}"
-    shutil.copytree(models_dir / "shapes" / "1", staging)
-    if break_model:
-        (staging / "model.keras").write_bytes(b"PK\x03\x04 truncated archive")
-    staging.rename(models_dir / "shapes" / str(version))
-
-
 def wait_for(condition, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,7 +77,7 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
     for thread in clients:
         thread.start()
     time.sleep(1)
-    publish_copy(models_dir, 2)
+    support.publish_copy(models_dir, 2)
     swapped = wait_for(lambda: versions and versions[-1] == 2)
     time.sleep(1)
     stop.set()
@@ -101,14 +92,14 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
 
 def test_a_broken_new_version_is_skipped_and_the_old_keeps_serving(start_service, models_dir):
     server = start_service(models_dir)
-    publish_copy(models_dir, 2, break_model=True)
+    support.publish_copy(models_dir, 2, break_model=True)
     assert wait_for(lambda: "model_load_failed" in server.log())
     assert requests.get(server.url("/model")).json()["version"] == 1
     response = post_image(server)
     assert response.status_code == 200 and response.json()["model"]["version"] == 1
     assert requests.get(server.url("/health/ready")).status_code == 200
     # A good version after the broken one is picked up as usual.
-    publish_copy(models_dir, 3)
+    support.publish_copy(models_dir, 3)
     assert wait_for(lambda: requests.get(server.url("/model")).json()["version"] == 3)
 
 

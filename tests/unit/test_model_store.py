@@ -1,26 +1,10 @@
 """The model store serves the newest complete version and survives broken ones."""
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 
 from service.model_store import ModelLoadError, ModelStore, ServingModel, complete_versions
-
-
-def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
-    """Publish a copy of version 1 as `version`, the way the trainer does: complete, then renamed."""
-    versions = models_dir / "shapes"
-    staging = versions / f".tmp-{version}"
-    shutil.copytree(versions / "1", staging)
-    if break_model:
-        (staging / "model.keras").write_bytes(b"this is not a keras archive")
-    if metadata_changes:
-        metadata = json.loads((staging / "metadata.json").read_text())
-        metadata.update(metadata_changes)
-        (staging / "metadata.json").write_text(json.dumps(metadata))
-    staging.rename(versions / str(version))
+from tests.support import publish_copy
 
 
 def test_only_complete_numbered_folders_are_versions(models_dir):
