@@ -33,11 +33,7 @@ def check_writable(model_dir):
         created.append(folder)
         folder = os.path.dirname(folder)
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=TEMPORARY_PREFIX):
-            pass
-    except OSError as error:
-        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+        os.rmdir(make_staging_folder(model_dir))
     finally:
         for folder in created:
             try:
@@ -46,17 +42,22 @@ def check_writable(model_dir):
                 break
 
 
+def make_staging_folder(model_dir):
+    """Create `model_dir` if needed and an empty temporary folder inside it; return its path."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        return tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
+    except OSError as error:
+        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+
+
 def publish(model_dir, write_files):
     """Write a version with `write_files(folder, version)`, then rename it into place.
 
     The folder gets its number only once every file is complete, so a reader
     polling `model_dir` never sees half a version.
     """
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
-    except OSError as error:
-        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+    staging = make_staging_folder(model_dir)
     try:
         os.chmod(staging, 0o755)
         version = (existing_versions(model_dir) or [0])[-1] + 1
