@@ -28,9 +28,7 @@ def create_peer_app(model_path):
         data = request.files["file"].read()
         image = decode_image(data, *serving.input_shape, max_pixels)
         scores = serving.model.predict(image[np.newaxis], verbose=0)[0]
-        best = np.argsort(scores)[::-1][:TOP_K]
-        ranked = [{"label": serving.classes[i], "confidence": round(float(scores[i]), 4)}
-                  for i in best]
+        ranked = serving.rank(scores, TOP_K)
         return jsonify({"predictions": [{**ranked[0], "top_k": ranked}]})
 
     @app.get("/health/ready")

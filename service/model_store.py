@@ -73,6 +73,12 @@ class ServingModel:
         """Return class probabilities for a uint8 batch of shape (count, height, width, channels)."""
         return self._run(images)
 
+    def rank(self, scores, top_k):
+        """The `top_k` labels with the highest of one image's `scores`, best first."""
+        best = np.argsort(scores)[::-1][:top_k]
+        return [{"label": self.classes[i], "confidence": round(float(scores[i]), 4)}
+                for i in best]
+
     def describe(self):
         """The metadata, plus where and when this process loaded it."""
         return {**self.metadata, "version": self.version, "loaded_at": self.loaded_at}

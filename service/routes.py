@@ -80,9 +80,7 @@ def predict():
     g.model_version, g.image_count = model.version, len(uploads)
     predictions = []
     for (filename, _), scores in zip(uploads, probabilities):
-        best = np.argsort(scores)[::-1][:top_k]
-        ranked = [{"label": model.classes[i], "confidence": round(float(scores[i]), 4)}
-                  for i in best]
+        ranked = model.rank(scores, top_k)
         predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
         metrics.PREDICTIONS.labels(label=ranked[0]["label"]).inc()
     metrics.IMAGES_CLASSIFIED.inc(len(uploads))
