@@ -24,7 +24,7 @@ def make_runner(model, input_shape, max_batch_size):
         log.warning("the model could not be converted to TensorFlow Lite (%s: %s); serving it "
                     "through TensorFlow instead", type(error).__name__, error,
                     extra={"event": "lite_conversion_failed"})
-        return GraphRunner(model, input_shape)
+        return GraphRunner(model, input_shape, max_batch_size)
 
 
 def _graph_function(model, input_shape):
@@ -38,8 +38,11 @@ def _graph_function(model, input_shape):
 class GraphRunner:
     """The model as one traced TensorFlow graph for every batch size."""
 
-    def __init__(self, model, input_shape):
+    def __init__(self, model, input_shape, max_batch_size):
         self._call = _graph_function(model, input_shape)
+        # Trace and warm now, so that no request pays for it.
+        for size in sorted({1, max(1, max_batch_size)}):
+            self(np.zeros((size,) + tuple(input_shape), np.uint8))
 
     def __call__(self, images):
         return self._call(images).numpy()

@@ -65,8 +65,6 @@ class ServingModel:
         # Compiled once for every batch size up to the batcher's largest, and warmed, so that
         # no request pays for tracing or for model.predict's per-call overhead.
         self._run = make_runner(self.model, self.input_shape, warm_batch_size)
-        for size in sorted({1, warm_batch_size}):
-            self.infer(np.zeros((size,) + self.input_shape, dtype=np.uint8))
         self.loaded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     def infer(self, images):
