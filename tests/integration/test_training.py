@@ -40,13 +40,18 @@ def test_a_version_is_published_with_model_metadata_and_pictures(trained_models)
     created = datetime.datetime.fromisoformat(metadata["created_at"])
     assert created.utcoffset() == datetime.timedelta(0)
     assert metadata["framework"]["tensorflow"] and metadata["framework"]["keras"]
+    assert training["flip_test_time_augmentation"] is True
+    assert 0 <= metadata["metrics"]["test_accuracy_single_view"] <= 1
 
 
 def test_the_saved_model_rescales_inside_and_reproduces_its_test_results(trained_models,
                                                                           shapes_dataset):
     folder = trained_models / "shapes" / "1"
     model = keras.saving.load_model(folder / "model.keras")
-    assert isinstance(model.layers[1], keras.layers.Rescaling)
+    # The served model is the network averaged over the image and its mirror; the network's
+    # first layer after its input scales the raw pixels.
+    network = model.get_layer("cnn")
+    assert isinstance(network.layers[1], keras.layers.Rescaling)
     metadata = json.loads((folder / "metadata.json").read_text())
     # The reloaded model, given the same held-out images, makes exactly the recorded predictions.
     args = train.parse_args(["--data-dir", str(shapes_dataset), "--image-size", "16",
@@ -58,6 +63,19 @@ def test_the_saved_model_rescales_inside_and_reproduces_its_test_results(trained
     raw = test_set.images[:4].astype("float32")
     assert np.allclose(model(raw, training=False), model(raw, training=False))
     assert np.allclose(model.predict(raw, verbose=0), model(raw, training=False), atol=1e-5)
+    mirrored = (network(raw, training=False) + network(raw[:, :, ::-1], training=False)) / 2
+    assert np.allclose(model(raw, training=False), mirrored, atol=1e-6)
+
+
+def test_small_folders_get_smaller_batches_and_more_epochs():
+    args = train.parse_args(["--data-dir", "unused"])
+    small = train.plan_training(args, 300)
+    assert small["batch_size"] == 32 and small["steps"] >= train.MIN_STEPS
+    large = train.plan_training(args, 42_750)
+    assert large == {"batch_size": 1024, "epochs": train.DEFAULT_EPOCHS,
+                     "steps": 42 * train.DEFAULT_EPOCHS, "peak_learning_rate": 1.5}
+    asked = train.plan_training(train.parse_args(["--data-dir", "x", "--epochs", "2"]), 300)
+    assert asked["epochs"] == 2 and asked["peak_learning_rate"] == 1.5 * 32 / 1024
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path, shapes_dataset):

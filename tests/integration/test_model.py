@@ -1,0 +1,67 @@
+"""The network's parts that training relies on: the whitening stem, Dirac start, optimizer."""
+
+import keras
+import numpy as np
+import pytest
+
+from model_training.model import (BiasScaledSGD, WarmupLinearDecay, identity_init, make_model,
+                                  whiten)
+
+
+def correlated_images(count=400, size=16, seed=0):
+    """Smooth random pictures: neighbouring pixels and channels are strongly correlated."""
+    generator = np.random.default_rng(seed)
+    coarse = generator.integers(0, 256, (count, size // 4, size // 4, 3)).astype(np.float32)
+    fine = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)
+    noisy = fine + generator.normal(0, 12, fine.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_the_stem_whitens_patches_of_the_images_it_was_fitted_to():
+    images = correlated_images()
+    model = make_model(images.shape[1:], 3, width=8)
+    whiten(model, images)
+    stem = keras.Model(model.input, model.get_layer("whiten").output)
+    outputs = np.asarray(stem(images.astype(np.float32), training=False)).reshape(-1, 12)
+    assert np.abs(outputs.mean(axis=0)).max() < 0.05
+    # Unit variance in every direction, up to the small epsilon that damps the weakest ones.
+    covariance = np.cov(outputs, rowvar=False)
+    assert np.allclose(np.diag(covariance)[-6:], 1, atol=0.05)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.05
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (64, 64, 3), (28, 28, 1)])
+def test_the_network_adapts_to_the_input_size_and_channels(shape):
+    model = make_model(shape, 5, width=8)
+    assert model.output_shape == (None, 5)
+    # Larger pictures are strided in the stem, so the groups see about 32x32 at most.
+    assert model.get_layer("whiten").strides[0] == max(1, shape[0] // 32)
+    probabilities = model(np.zeros((2, *shape), np.float32), training=False)
+    assert np.allclose(np.sum(probabilities, axis=1), 1, atol=1e-5)
+
+
+def test_identity_init_makes_each_second_convolution_pass_its_input_through():
+    model = make_model((16, 16, 3), 3, width=8)
+    identity_init(model)
+    layer = model.get_layer("group2_conv2")
+    inputs = np.random.default_rng(1).normal(size=(1, 4, 4, 32)).astype(np.float32)
+    assert np.allclose(layer(inputs), inputs, atol=1e-6)
+
+
+def test_only_batch_norm_shifts_take_the_scaled_learning_rate():
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization(scale=False)(keras.layers.Dense(2)(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = BiasScaledSGD(bias_scale=64.0, learning_rate=0.01)
+    grads = [np.ones(variable.shape, np.float32) for variable in model.trainable_variables]
+    before = [variable.numpy().copy() for variable in model.trainable_variables]
+    optimizer.apply(grads, model.trainable_variables)
+    for variable, old in zip(model.trainable_variables, before):
+        expected = 0.64 if variable.path.endswith("beta") else 0.01
+        assert np.allclose(old - variable.numpy(), expected), variable.path
+
+
+def test_the_schedule_warms_up_then_decays_linearly():
+    schedule = WarmupLinearDecay(peak=2.0, total_steps=100)
+    values = [float(schedule(step)) for step in (0, 23, 100, 200)]
+    assert values == pytest.approx([0.4, 2.0, 0.14, 0.14])
