@@ -42,7 +42,8 @@ def parse_args(argv):
     parser.add_argument("--test-split", type=fraction, default=0.1,
                         help="fraction held out for the test when there is no test set (0.1)")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"),
-                        default="auto", help="training arithmetic (auto: bfloat16 where the CPU has it)")
+                        default="auto",
+                        help="training arithmetic (auto: bfloat16 where the CPU has it)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
     args = parser.parse_args(argv)
     if args.test_dir and not args.data_dir:
@@ -163,7 +164,8 @@ def train(args, argv):
     training_data = (tf.data.Dataset.from_tensor_slices((train_set.images, train_set.labels))
                      .shuffle(len(train_set.labels), seed=args.seed, reshuffle_each_iteration=True)
                      .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
-    validation_data = (tf.data.Dataset.from_tensor_slices((validation_set.images, validation_set.labels))
+    validation_data = (tf.data.Dataset
+                       .from_tensor_slices((validation_set.images, validation_set.labels))
                        .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=args.patience, restore_best_weights=True, verbose=1)
@@ -216,7 +218,7 @@ def train(args, argv):
             "parameters": int(serving_model.count_params()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         },
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__,
                       "python": platform.python_version()},
     }
