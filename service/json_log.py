@@ -3,6 +3,7 @@
 This module imports nothing of the app, so gunicorn's master can load it before any worker.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -113,6 +114,7 @@ class StderrRelay:
         self._thread.join(timeout)
 
     def _relay(self, read_end, output):
+        """Read the pipe until every write end is closed; write each line out as JSON."""
         formatter = JsonFormatter()
         with open(read_end, encoding="utf-8", errors="replace") as lines, output:
             for line in lines:
@@ -123,5 +125,8 @@ class StderrRelay:
                     level = native_level(line)
                     record = logging.makeLogRecord({"name": "stderr", "msg": line, "levelno": level,
                                                     "levelname": logging.getLevelName(level)})
-                    output.write(formatter.format(record) + "\n")
-                    output.flush()
+                    # Should the real stderr be gone, drop the line but keep reading: a full
+                    # pipe would block whoever writes next.
+                    with contextlib.suppress(OSError, ValueError):
+                        output.write(formatter.format(record) + "\n")
+                        output.flush()
