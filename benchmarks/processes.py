@@ -17,7 +17,8 @@ def check_port_free(port):
     """Refuse to start when something already answers on the port: we would measure it instead."""
     with socket.socket() as probe:
         if probe.connect_ex((LOOPBACK, port)) == 0:
-            raise SystemExit(f"port {port} on {LOOPBACK} is in use; choose another with the port options")
+            raise SystemExit(f"port {port} on {LOOPBACK} is in use; "
+                             "choose another with the port options")
 
 
 class Server:
@@ -152,7 +153,7 @@ class OtherLoad:
 
     def __exit__(self, *exc):
         busy, total, server, load_generator = (after - before for after, before
-                                               in zip(self._counters(), self._before))
+                                               in zip(self._counters(), self._before, strict=True))
         self.share = max(0.0, busy - server - load_generator) / max(total, 1e-9)
 
 

@@ -47,8 +47,9 @@ def format_ratios(results):
              "| ---: | ---: | ---: |"]
     peer_levels = {level["clients"]: level for level in (peer or {}).get("levels", [])}
     for level in service["levels"]:
-        versus_peer = (f"{level['requests_per_second'] / peer_levels[level['clients']]['requests_per_second']:.1f}×"
-                       if level["clients"] in peer_levels else "")
+        peer_level = peer_levels.get(level["clients"])
+        versus_peer = (f"{level['requests_per_second'] / peer_level['requests_per_second']:.1f}×"
+                       if peer_level else "")
         versus_limit = (f"{level['requests_per_second'] / limit['batched_images_per_second']:.0%}"
                         if limit else "")
         lines.append(f"| {level['clients']} | {versus_peer} | {versus_limit} |")

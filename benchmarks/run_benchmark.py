@@ -16,8 +16,7 @@ import tempfile
 import time
 
 from benchmarks import load, report
-from benchmarks.processes import (MemoryWatch, OtherLoad, Server, machine_idle_share,
-                                  wait_until_idle)
+from benchmarks.processes import MemoryWatch, OtherLoad, Server, machine_idle_share, wait_until_idle
 from benchmarks.sample import extract_sample, sample_from_folder
 from service.model_store import METADATA_FILE, complete_versions
 
@@ -195,7 +194,7 @@ def main(argv=None):
         metadata = json.load(file)
     environment = service_settings(args, model_dir)
     results = {"context": {
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.run_benchmark", *(argv or sys.argv[1:])]),
         "model": f"{metadata['name']}/{os.path.basename(model_path)}",
         "parameters": metadata.get("training", {}).get("parameters", 0),

@@ -48,7 +48,7 @@ def measure(settings, folder, passed_on):
 def summary_cells(runs):
     """Median figures over the repeats, per level, and the worst disturbance seen."""
     cells = []
-    for levels in zip(*(run["levels"] for run in runs)):
+    for levels in zip(*(run["levels"] for run in runs), strict=True):
         cells.append(", ".join(f"{statistics.median(level[key] for level in levels):{form}}"
                                for key, form in (("requests_per_second", ".0f"),
                                                  ("p50_ms", ".1f"), ("p99_ms", ".1f"))))
@@ -62,7 +62,8 @@ def main(argv=None):
     """Run every combination `repeat` times, then print one markdown row per combination."""
     grid, repeat, output, passed_on = parse_args(argv)
     names = list(grid)
-    combinations = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    combinations = [dict(zip(names, values, strict=True))
+                    for values in itertools.product(*grid.values())]
     runs = {index: [] for index in range(len(combinations))}
     for round_number in range(repeat):
         for index, settings in enumerate(combinations):

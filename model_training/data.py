@@ -97,7 +97,7 @@ def load_image_folder(data_dir, image_size=None, channels=None):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         decoded = list(pool.map(read, paths, chunksize=256))
     keep = np.array([image is not None for image in decoded], dtype=bool)
-    skipped = [path for path, image in zip(paths, decoded) if image is None]
+    skipped = [path for path, image in zip(paths, decoded, strict=True) if image is None]
     if not keep.any():
         raise DataError(f"none of the {len(paths)} files under {data_dir!r} is a readable image")
     images = np.stack([image for image in decoded if image is not None])

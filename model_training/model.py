@@ -29,7 +29,7 @@ def make_model(input_shape, num_classes, width=64, batch_norm_momentum=0.6):
     inputs = keras.Input(shape=input_shape, name="image")
     # The scaling lives inside the model so that training and serving cannot disagree.
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    # Random flips and 2-pixel shifts act only while training; at inference they pass pixels through.
+    # Random flips and 2-pixel shifts act only while training; inference passes pixels through.
     x = layers.RandomFlip("horizontal", name="augment_flip")(x)
     shift = 2 / input_shape[0]
     x = layers.RandomTranslation(shift, shift, fill_mode="reflect", interpolation="nearest",
@@ -151,7 +151,7 @@ class BiasScaledSGD(keras.optimizers.SGD):
         variables = (self._trainable_variables if trainable_variables is None
                      else trainable_variables)
         grads = [grad * self.bias_scale if variable.path.endswith("beta") else grad
-                 for grad, variable in zip(grads, variables)]
+                 for grad, variable in zip(grads, variables, strict=True)]
         return super().apply(grads, trainable_variables)
 
 

@@ -48,7 +48,8 @@ def make_staging_folder(model_dir):
         os.makedirs(model_dir, exist_ok=True)
         return tempfile.mkdtemp(dir=model_dir, prefix=TEMPORARY_PREFIX)
     except OSError as error:
-        raise PublishError(f"cannot write to output folder {model_dir!r}: {error.strerror}") from None
+        raise PublishError(f"cannot write to output folder {model_dir!r}: "
+                           f"{error.strerror}") from None
 
 
 def publish(model_dir, write_files):

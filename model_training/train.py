@@ -13,8 +13,14 @@ import time
 
 from model_training import data as datasets
 from model_training import evaluate
-from model_training.model import (WarmupLinearDecay, compile_model, identity_init, make_model,
-                                  whiten, with_flip_averaging)
+from model_training.model import (
+    WarmupLinearDecay,
+    compile_model,
+    identity_init,
+    make_model,
+    whiten,
+    with_flip_averaging,
+)
 from model_training.publish import PublishError, check_writable, publish, write_metadata
 
 # airbench94's budget is 9.9 epochs of 50,000 images; five more make up for the smaller
@@ -52,7 +58,8 @@ def parse_args(argv):
                         help="serve the mean of the answers for the image and its mirror "
                              "(default: on)")
     parser.add_argument("--width", type=positive_int, default=64,
-                        help="filters in the first conv group; the others have 4 times as many (64)")
+                        help="filters in the first conv group; the others have 4 times as many "
+                             "(64)")
     parser.add_argument("--image-size", type=positive_int,
                         help="side of the square model input in pixels (default: from the data)")
     parser.add_argument("--color-mode", choices=("rgb", "grayscale"),
@@ -62,7 +69,8 @@ def parse_args(argv):
     parser.add_argument("--test-split", type=fraction, default=0.1,
                         help="fraction held out for the test when there is no test set (0.1)")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"),
-                        default="auto", help="training arithmetic (auto: bfloat16 where the CPU has it)")
+                        default="auto",
+                        help="training arithmetic (auto: bfloat16 where the CPU has it)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
     args = parser.parse_args(argv)
     if args.test_dir and not args.data_dir:
@@ -305,7 +313,7 @@ def describe_run(args, argv, name, precision, plan, history, seconds, sets, skip
             "parameters": int(serving_model.count_params()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         },
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__,
                       "python": platform.python_version()},
     }

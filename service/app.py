@@ -6,8 +6,9 @@ from service import metrics
 from service.batcher import Batcher
 from service.config import Settings
 from service.errors import register_error_handlers
+from service.json_log import configure_logging
 from service.model_store import ModelStore, configure_tensorflow
-from service.request_log import configure_logging, register_request_logging
+from service.request_log import register_request_logging
 from service.routes import blueprint
 
 
@@ -15,7 +16,6 @@ def create_app(settings=None, start_model_store=True):
     """Build the Flask app; the model loads in the background unless told not to."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -34,5 +34,7 @@ def create_app(settings=None, start_model_store=True):
     register_request_logging(app)
     app.register_blueprint(blueprint)
     if start_model_store:
+        # Only a store that loads models needs TensorFlow; an app without one starts without it.
+        configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         store.start()
     return app

@@ -4,7 +4,10 @@ import os
 import shutil
 import tempfile
 
+from gunicorn.glogging import Logger
+
 from service.config import Settings
+from service.json_log import StderrRelay, gunicorn_logging
 
 settings = Settings.from_env()
 
@@ -31,6 +34,21 @@ keepalive = 5
 loglevel = settings.log_level
 accesslog = None
 errorlog = "-"
+# gunicorn's own lines (start, workers, signals, errors) as JSON on stdout, like the app's.
+logconfig_dict = gunicorn_logging(settings.log_level)
+
+
+class QuietAccessLogger(Logger):
+    """gunicorn's logger without access lines: the app logs every request itself, with more."""
+
+    def access(self, resp, req, environ, request_time):
+        """Nothing: a log config would otherwise make gunicorn format a line per request."""
+
+
+logger_class = QuietAccessLogger
+
+# In a worker, what native libraries print on stderr (TensorFlow, XNNPACK), relayed as JSON.
+stderr_relay = StderrRelay()
 
 
 def on_starting(server):
@@ -38,6 +56,16 @@ def on_starting(server):
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
+
+
+def post_fork(server, worker):
+    """Relay the worker's stderr before it imports anything that prints there."""
+    stderr_relay.start()
+
+
+def worker_exit(server, worker):
+    """Write out what the worker printed last."""
+    stderr_relay.drain()
 
 
 def child_exit(server, worker):

@@ -54,7 +54,8 @@ class ServingModel:
         try:
             self.model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
         except Exception as error:
-            raise ModelLoadError(f"unreadable {MODEL_FILE}: {type(error).__name__}: {error}") from None
+            raise ModelLoadError(
+                f"unreadable {MODEL_FILE}: {type(error).__name__}: {error}") from None
         model_input = tuple(self.model.input_shape[1:])
         model_output = self.model.output_shape[-1]
         if model_input != self.input_shape or model_output != len(self.classes):
@@ -65,10 +66,10 @@ class ServingModel:
         # Compiled once for every batch size up to the batcher's largest, and warmed, so that
         # no request pays for tracing or for model.predict's per-call overhead.
         self._run = make_runner(self.model, self.input_shape, warm_batch_size)
-        self.loaded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.loaded_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
     def infer(self, images):
-        """Return class probabilities for a uint8 batch of shape (count, height, width, channels)."""
+        """Class probabilities for a uint8 batch of shape (count, height, width, channels)."""
         return self._run(images)
 
     def rank(self, scores, top_k):
@@ -168,6 +169,7 @@ class ModelStore:
         if self.current is None:
             failed = bool(self._failed)
             self.state = "load_failed" if failed else "no_model"
-            self.reason = (f"no version under {os.path.basename(self.versions_dir)!r} could be loaded"
+            name = os.path.basename(self.versions_dir)
+            self.reason = (f"no version under {name!r} could be loaded"
                            if failed else "no model version has been published yet")
         return False

@@ -1,9 +1,7 @@
-"""Logging: one JSON line per request and per model event, with a request id."""
+"""Request logging: one JSON line per request (service/json_log.py), with a request id."""
 
-import json
 import logging
 import re
-import sys
 import time
 import uuid
 
@@ -13,32 +11,7 @@ from service import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-STANDARD_FIELDS = set(vars(logging.makeLogRecord({})))
-
 access_log = logging.getLogger("service.access")
-
-
-class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object, with any `extra=` fields beside the message."""
-
-    def format(self, record):
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        entry.update({key: value for key, value in vars(record).items()
-                      if key not in STANDARD_FIELDS and not key.startswith("_")})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level):
-    """Send the service's logs to standard output as JSON lines."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("service")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
 
 
 def register_request_logging(app):

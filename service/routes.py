@@ -79,7 +79,7 @@ def predict():
         probabilities = batcher.submit(model, images, expectation)
     g.model_version, g.image_count = model.version, len(uploads)
     predictions = []
-    for (filename, _), scores in zip(uploads, probabilities):
+    for (filename, _), scores in zip(uploads, probabilities, strict=True):
         ranked = model.rank(scores, top_k)
         predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
         metrics.PREDICTIONS.labels(label=ranked[0]["label"]).inc()

@@ -54,6 +54,13 @@ def service(start_service, models_dir):
     return start_service(models_dir)
 
 
+def pytest_collection_modifyitems(items):
+    """Run the fast unit tests first: a quick failure shows at once, and their check that
+    nothing imports TensorFlow holds before any slower test has imported it."""
+    unit = support.ROOT / "tests" / "unit"
+    items.sort(key=lambda item: unit not in item.path.parents)
+
+
 def pytest_report_header(config):
     """Say which optional tools were found, so skipped tests are no surprise."""
     return [f"docker engine: {'yes' if support.docker_engine_answers() else 'no'}",

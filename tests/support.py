@@ -65,7 +65,7 @@ def train_tiny_model(data_dir, output, *extra_args):
 
 
 def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
-    """Publish a copy of version 1 as `version`, the way the trainer does: complete, then renamed."""
+    """Publish a copy of version 1 as `version` the way the trainer does: complete, then renamed."""
     versions = Path(models_dir) / "shapes"
     staging = versions / f".tmp-{version}"
     shutil.copytree(versions / "1", staging)
@@ -76,6 +76,40 @@ def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
         metadata.update(metadata_changes)
         (staging / "metadata.json").write_text(json.dumps(metadata))
     staging.rename(versions / str(version))
+
+
+def poll(condition, timeout, message, interval=0.2):
+    """Call `condition` until it returns a true value, and return that value.
+
+    A request that fails (the server is not listening yet, say) counts as "not yet".
+    After `timeout` seconds the test fails with `message`, or with what `message()`
+    returns then, so that it can show the latest server log.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            result = condition()
+            last = repr(result)
+        except requests.RequestException as error:
+            result, last = None, f"{type(error).__name__}: {error}"
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text}\n(last check gave {last[:500]})")
+        time.sleep(interval)
+
+
+def assert_error(response, status, code):
+    """`response` (from requests or a Flask test client) is DESIGN.md's JSON error, no leaks."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body = json.loads(response.text)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert "Traceback" not in response.text and "/tmp" not in response.text
+    assert "/srv" not in response.text
 
 
 def free_port():
@@ -109,21 +143,17 @@ class RunningService:
 
     def wait_ready(self, timeout=90):
         """Block until /health/ready answers 200; fail with the server's log otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready():
             if self.process.poll() is not None:
-                raise AssertionError(f"service exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url("/health/ready"), timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"service not ready after {timeout} s:\n{self.log()}")
+                raise AssertionError(f"service exited with {self.process.returncode}:\n"
+                                     f"{self.log()}")
+            return requests.get(self.url("/health/ready"), timeout=2).status_code == 200
+
+        poll(ready, timeout, lambda: f"service not ready after {timeout} s:\n{self.log()}")
+        return self
 
     def log(self):
         """Everything the server printed so far."""
-        self._log.flush()
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout=40):

@@ -88,18 +88,16 @@ class ComposeProject:
 
     def wait_for_health(self, accept, deadline, what):
         """Poll /health until `accept(body)` holds; fail with the api's log at `deadline`."""
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            try:
-                response = self.http.get(self.url("/health"), timeout=3)
-                body = response.json()
-                if response.status_code == 200 and accept(body):
-                    return body
-                last = f"{response.status_code} {body}"
-            except (requests.RequestException, ValueError) as error:
-                last = f"{type(error).__name__}"
-            time.sleep(0.5)
-        raise AssertionError(f"{what}: not seen in time; last /health: {last}{self.logs()}")
+        last = ["no answer yet"]
+
+        def accepted():
+            response = self.http.get(self.url("/health"), timeout=3)
+            body = response.json()
+            last[0] = f"{response.status_code} {body}"
+            return body if response.status_code == 200 and accept(body) else None
+
+        return support.poll(accepted, deadline - time.monotonic(), lambda: (
+            f"{what}: not seen in time; last /health: {last[0]}{self.logs()}"), interval=0.5)
 
     def wait_ready(self):
         """Wait until the api is ready, at most READY_SECONDS after `compose up` returned."""
@@ -193,16 +191,14 @@ def test_api_serves_the_shipped_model_within_a_minute(compose_project):
 def test_docker_reports_the_api_healthy(compose_project):
     compose_project.wait_ready()
     container = compose_project.api_container()
+
+    def health_status():
+        return compose_project.docker("inspect", "--format", "{{.State.Health.Status}}",
+                                      container)
+
     # The image's HEALTHCHECK runs every 10 s; give it a few rounds once /health answers.
-    deadline = time.monotonic() + 60
-    status = ""
-    while time.monotonic() < deadline:
-        status = compose_project.docker("inspect", "--format", "{{.State.Health.Status}}",
-                                        container)
-        if status == "healthy":
-            break
-        time.sleep(1)
-    assert status == "healthy", f"docker health status is {status!r}{compose_project.logs()}"
+    support.poll(lambda: health_status() == "healthy", 60, lambda: (
+        f"docker health status is {health_status()!r}{compose_project.logs()}"), interval=1)
 
 
 def test_api_classifies_a_real_jpeg(compose_project):

@@ -14,7 +14,8 @@ pytestmark = [
 ]
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -r requirements-test.txt)")
+    "playwright.sync_api",
+    reason="playwright is not installed (pip install -r requirements-test.txt)")
 
 # Chromium as Debian ships it, kept off every network but the service's loopback.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,4 +1,4 @@
-"""The service over time: no model yet, API keys, new and broken versions, shutdown."""
+"""The service over time: no model yet, new and broken versions, shutdown."""
 
 import shutil
 import signal
@@ -17,23 +17,13 @@ def post_image(server, headers=None, data=IMAGE, timeout=30):
     return requests.post(server.url("/predict"), data=data, headers=headers, timeout=timeout)
 
 
-def wait_for(condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    return False
-
-
 def test_without_a_model_the_service_is_live_but_not_ready(start_service, tmp_path, models_dir):
     empty = tmp_path / "empty-models"
     server = start_service(empty, wait_ready=False)
-    assert wait_for(lambda: requests.get(server.url("/health/live"), timeout=2).ok)
-    assert wait_for(lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model")
+    support.poll(lambda: requests.get(server.url("/health/live"), timeout=2).ok, 30,
+                 lambda: f"never live:\n{server.log()}")
+    support.poll(lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model",
+                 30, lambda: f"never reported no_model:\n{server.log()}")
     ready = requests.get(server.url("/health/ready"))
     assert ready.status_code == 503 and "no model version" in ready.json()["reason"]
     response = post_image(server)
@@ -43,21 +33,6 @@ def test_without_a_model_the_service_is_live_but_not_ready(start_service, tmp_pa
     shutil.copytree(models_dir, empty)
     server.wait_ready(timeout=60)
     assert post_image(server).status_code == 200
-
-
-def test_an_api_key_guards_predict_only(start_service, models_dir):
-    server = start_service(models_dir, api_key="open-sesame")
-    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"},
-                    {"Authorization": "open-sesame"}):
-        response = post_image(server, headers)
-        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
-    assert post_image(server, {"X-API-Key": "open-sesame"}).status_code == 200
-    assert post_image(server, {"Authorization": "Bearer open-sesame"}).status_code == 200
-    # Either header may carry the key: a stale one in the other header does not hide it.
-    assert post_image(server, {"Authorization": "Bearer open-sesame",
-                               "X-API-Key": "stale"}).status_code == 200
-    for path in ("/health", "/health/live", "/metrics", "/", "/openapi.json"):
-        assert requests.get(server.url(path)).status_code == 200
 
 
 def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service, models_dir):
@@ -76,14 +51,18 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
     clients = [threading.Thread(target=client) for _ in range(4)]
     for thread in clients:
         thread.start()
-    time.sleep(1)
-    support.publish_copy(models_dir, 2)
-    swapped = wait_for(lambda: versions and versions[-1] == 2)
-    time.sleep(1)
-    stop.set()
-    for thread in clients:
-        thread.join()
-    assert swapped, "version 2 was never served"
+    try:
+        support.poll(lambda: len(versions) > 5, 30, "no request was answered")
+        support.publish_copy(models_dir, 2)
+        support.poll(lambda: versions[-1] == 2, 30,
+                     lambda: f"version 2 was never served:\n{server.log()}")
+        # Requests go on a little after the swap, on version 2.
+        swapped_at = len(statuses)
+        support.poll(lambda: len(statuses) > swapped_at + 10, 30, "no request after the swap")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
     assert set(statuses) == {200} and len(statuses) > 20
     assert versions[0] == 1 and versions[-1] == 2
     assert requests.get(server.url("/model")).json()["version"] == 2
@@ -93,14 +72,16 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
 def test_a_broken_new_version_is_skipped_and_the_old_keeps_serving(start_service, models_dir):
     server = start_service(models_dir)
     support.publish_copy(models_dir, 2, break_model=True)
-    assert wait_for(lambda: "model_load_failed" in server.log())
+    support.poll(lambda: "model_load_failed" in server.log(), 30,
+                 lambda: f"the broken version was not reported:\n{server.log()}")
     assert requests.get(server.url("/model")).json()["version"] == 1
     response = post_image(server)
     assert response.status_code == 200 and response.json()["model"]["version"] == 1
     assert requests.get(server.url("/health/ready")).status_code == 200
     # A good version after the broken one is picked up as usual.
     support.publish_copy(models_dir, 3)
-    assert wait_for(lambda: requests.get(server.url("/model")).json()["version"] == 3)
+    support.poll(lambda: requests.get(server.url("/model")).json()["version"] == 3, 30,
+                 lambda: f"version 3 was never served:\n{server.log()}")
 
 
 def test_sigterm_lets_a_request_in_flight_finish_and_starts_no_new_ones(start_service, models_dir):

@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from model_training.model import (BiasScaledSGD, WarmupLinearDecay, identity_init, make_model,
-                                  whiten)
+from model_training.model import BiasScaledSGD, WarmupLinearDecay, identity_init, make_model, whiten
 
 
 def correlated_images(count=400, size=16, seed=0):
@@ -56,7 +55,7 @@ def test_only_batch_norm_shifts_take_the_scaled_learning_rate():
     grads = [np.ones(variable.shape, np.float32) for variable in model.trainable_variables]
     before = [variable.numpy().copy() for variable in model.trainable_variables]
     optimizer.apply(grads, model.trainable_variables)
-    for variable, old in zip(model.trainable_variables, before):
+    for variable, old in zip(model.trainable_variables, before, strict=True):
         expected = 0.64 if variable.path.endswith("beta") else 0.01
         assert np.allclose(old - variable.numpy(), expected), variable.path
 

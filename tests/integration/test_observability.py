@@ -1,9 +1,10 @@
-"""Metrics add up over gunicorn workers, requests carry an id, and each request logs one JSON line."""
+"""Metrics add up over gunicorn workers, and everything the service prints is a JSON line.
+
+Request ids are tested in-process, in tests/unit/test_routes.py.
+"""
 
 import json
-import re
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,8 +12,6 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import support
-
-GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def observed_models(tmp_path_factory, trained_models):
 
 @pytest.fixture(scope="module")
 def observed(observed_models):
-    """One service shared by the request-id and log tests, which barely change it."""
+    """One service shared by the log tests, which barely change it."""
     server = support.RunningService(observed_models, observed_models.parent / "service.log")
     try:
         yield server.wait_ready()
@@ -65,29 +64,30 @@ def serving_pids(metric_samples):
 
 def wait_for_workers(server, count, timeout=90):
     """Wait until `count` workers have each loaded the model (both must answer predicts)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(serving_pids(samples(server))) >= count:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} workers loaded the model:\n{server.log()}")
+    support.poll(lambda: len(serving_pids(samples(server))) >= count, timeout,
+                 lambda: f"fewer than {count} workers loaded the model:\n{server.log()}")
+
+
+def json_lines(server):
+    """Every line the server printed, parsed; a line that is not a JSON object fails the test."""
+    text = server.log()
+    entries = []
+    # A last line still being written is left for the next look.
+    for line in text[:text.rfind("\n") + 1].splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        assert isinstance(entry, dict), f"not a JSON log line: {line!r}"
+        entries.append(entry)
+    return entries
 
 
 def log_entries(server, timeout=10, **fields):
-    """The JSON log lines whose fields include `fields`, waiting briefly for them to appear."""
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = []
-        for line in server.log().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and fields.items() <= entry.items():
-                entries.append(entry)
-        if entries or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.2)
+    """The JSON log lines whose fields include `fields`, waiting briefly for one to appear."""
+    return support.poll(
+        lambda: [entry for entry in json_lines(server) if fields.items() <= entry.items()],
+        timeout, lambda: f"no log line with {fields}:\n{server.log()}")
 
 
 def test_metrics_add_up_over_two_workers(start_service, models_dir):
@@ -130,22 +130,6 @@ def test_metrics_start_from_zero_when_the_service_restarts(start_service, models
     assert total(metric_samples, "http_requests_total", route="/predict") == 0
 
 
-def test_a_given_request_id_comes_back(observed):
-    response = requests.get(observed.url("/health/live"), headers={"X-Request-ID": "trace-42.a:b_c"},
-                            timeout=10)
-    assert response.headers["X-Request-ID"] == "trace-42.a:b_c"
-
-
-def test_a_request_id_is_generated_when_none_or_a_bad_one_is_given(observed):
-    first = requests.get(observed.url("/health/live"), timeout=10).headers["X-Request-ID"]
-    second = requests.get(observed.url("/model"), timeout=10).headers["X-Request-ID"]
-    bad = requests.get(observed.url("/health/live"), headers={"X-Request-ID": "no spaces <b>"},
-                       timeout=10).headers["X-Request-ID"]
-    error = requests.get(observed.url("/no-such-page"), timeout=10).headers["X-Request-ID"]
-    assert all(GENERATED_ID.match(request_id) for request_id in (first, second, bad, error))
-    assert len({first, second, bad, error}) == 4
-
-
 def test_each_request_logs_one_json_line(observed):
     response = predict(observed, 2, request_id="log-check-1")
     assert response.status_code == 200
@@ -174,3 +158,14 @@ def test_model_loads_and_failures_are_logged_with_reasons(observed, observed_mod
     [failure] = log_entries(observed, timeout=20, event="model_load_failed", model_version=2)
     assert failure["level"] == "ERROR" and "metadata.json" in failure["message"]
     assert requests.get(observed.url("/health/ready"), timeout=10).json()["model"]["version"] == 1
+
+
+# Last in this file: it stops the shared service.
+def test_every_line_from_start_to_shutdown_is_json(observed):
+    assert observed.stop() == 0
+    entries = json_lines(observed)
+    gunicorn = [entry["message"] for entry in entries if entry["logger"] == "gunicorn.error"]
+    for words in ("Starting gunicorn", "Booting worker", "Handling signal: term",
+                  "Worker exiting", "Shutting down: Master"):
+        assert any(words in message for message in gunicorn), (words, gunicorn)
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)

@@ -75,7 +75,9 @@ def test_predict_requires_a_key_only_when_one_is_configured():
 def schemathesis_command():
     """The schemathesis CLI installed beside this Python."""
     installed = Path(sys.executable).with_name("schemathesis")
-    return [str(installed)] if installed.exists() else [shutil.which("schemathesis") or "schemathesis"]
+    if installed.exists():
+        return [str(installed)]
+    return [shutil.which("schemathesis") or "schemathesis"]
 
 
 @pytest.mark.parametrize("api_key", ["", "sesame"], ids=["open", "with-api-key"])

@@ -38,7 +38,7 @@ def submit_together(batcher, model, requests):
     expectations = [batcher.expect().__enter__() for _ in requests]
     with ThreadPoolExecutor(len(requests)) as pool:
         futures = [pool.submit(batcher.submit, model, images, expectation)
-                   for images, expectation in zip(requests, expectations)]
+                   for images, expectation in zip(requests, expectations, strict=True)]
         return [future.result(timeout=10) for future in futures]
 
 
@@ -123,7 +123,8 @@ def test_requests_for_different_models_are_never_mixed_in_one_call():
     expectations = [batcher.expect().__enter__() for _ in models]
     with ThreadPoolExecutor(len(models)) as pool:
         futures = [pool.submit(batcher.submit, model, images_of(index), expectation)
-                   for index, (model, expectation) in enumerate(zip(models, expectations))]
+                   for index, (model, expectation)
+                   in enumerate(zip(models, expectations, strict=True))]
         answers = [future.result(timeout=10) for future in futures]
     assert [answer.tolist() for answer in answers] == [[[index]] for index in range(8)]
     assert sorted(np.concatenate(first.calls).ravel().tolist()) == [0, 2, 4, 6]

@@ -1,0 +1,90 @@
+"""The routes in-process: health, no model yet, API keys, request ids, and errors of any route."""
+
+import re
+
+import pytest
+
+from tests import support
+from tests.unit.fakes import ColourModel, FakeStore
+
+IMAGE = support.encode(support.draw_picture(support.SHAPE_COLOURS["green"]))
+GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+OPEN_ROUTES = ("/health", "/health/live", "/health/ready", "/model", "/metrics", "/",
+               "/openapi.json")
+
+
+def post_image(client, headers=None):
+    return client.post("/predict", data=IMAGE, content_type="image/jpeg", headers=headers or {})
+
+
+def test_ready_names_the_serving_model(client):
+    assert client.get("/health/live").get_json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "model": {"name": "colours", "version": 7}}
+    assert client.get("/health").get_json() == ready.get_json()
+    assert client.get("/model").get_json()["version"] == 7
+
+
+@pytest.mark.parametrize("state, reason", [
+    ("loading", "the model is loading"),
+    ("no_model", "no model version has been published yet"),
+    ("load_failed", "no version under 'shapes' could be loaded"),
+])
+def test_without_a_model_the_app_is_live_but_not_ready(make_client, state, reason):
+    client = make_client(FakeStore(state=state, reason=reason))
+    assert client.get("/health/live").status_code == 200
+    for path in ("/health/ready", "/health"):
+        response = client.get(path)
+        assert response.status_code == 503
+        assert response.get_json() == {"status": state, "reason": reason}
+    for response in (post_image(client), client.get("/model")):
+        support.assert_error(response, 503, "model_not_ready")
+        assert reason in response.get_json()["error"]["message"]
+
+
+def test_a_request_waits_for_a_first_model_before_refusing(make_client):
+    store = FakeStore(state="loading", reason="the model is loading")
+    post_image(make_client(store))
+    assert store.waits and store.waits[0] > 0
+
+
+def test_an_api_key_guards_predict_only(make_client):
+    client = make_client(api_key="open-sesame")
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"},
+                    {"Authorization": "open-sesame"}):
+        support.assert_error(post_image(client, headers), 401, "unauthorized")
+    assert post_image(client, {"X-API-Key": "open-sesame"}).status_code == 200
+    assert post_image(client, {"Authorization": "Bearer open-sesame"}).status_code == 200
+    # Either header may carry the key: a stale one in the other header does not hide it.
+    assert post_image(client, {"Authorization": "Bearer open-sesame",
+                               "X-API-Key": "stale"}).status_code == 200
+    for path in OPEN_ROUTES:
+        assert client.get(path).status_code == 200, path
+
+
+def test_unknown_routes_and_methods_are_json_404_and_405(client):
+    support.assert_error(client.get("/no/such/route"), 404, "not_found")
+    response = client.get("/predict")
+    support.assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_model_that_breaks_is_a_json_500_that_leaks_nothing(make_client):
+    client = make_client(FakeStore(ColourModel(fail=True)))
+    support.assert_error(post_image(client), 500, "internal_error")
+
+
+def test_a_given_request_id_comes_back(client):
+    response = client.get("/health/live", headers={"X-Request-ID": "trace-42.a:b_c"})
+    assert response.headers["X-Request-ID"] == "trace-42.a:b_c"
+
+
+def test_a_request_id_is_generated_when_none_or_a_bad_one_is_given(client):
+    first = client.get("/health/live").headers["X-Request-ID"]
+    second = client.get("/model").headers["X-Request-ID"]
+    bad = client.get("/health/live", headers={"X-Request-ID": "no spaces <b>"})
+    error = client.get("/no-such-page").headers["X-Request-ID"]
+    ids = (first, second, bad.headers["X-Request-ID"], error)
+    assert all(GENERATED_ID.match(request_id) for request_id in ids)
+    assert len(set(ids)) == 4
