@@ -37,7 +37,7 @@ class LabelledImages:
     skipped: list = field(default_factory=list)
 
 
-def list_image_folder(data_dir):
+def list_image_folder(data_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
     """Return (paths, labels, class_names) for a folder of class subfolders."""
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder {data_dir!r} does not exist or is not a folder")
@@ -61,7 +61,8 @@ def list_image_folder(data_dir):
     return paths, np.array(labels, dtype=np.int32), class_names
 
 
-def guess_input_shape(paths, image_size=None, channels=None, sample=50):
+def guess_input_shape(paths: list[str], image_size: int | None = None,
+                      channels: int | None = None, sample: int = 50) -> tuple[int, int]:
     """Choose the model input from the first images: their commonest side, and grey or colour."""
     from PIL import Image
 
@@ -81,7 +82,8 @@ def guess_input_shape(paths, image_size=None, channels=None, sample=50):
     return image_size, channels
 
 
-def load_image_folder(data_dir, image_size=None, channels=None):
+def load_image_folder(data_dir: str, image_size: int | None = None,
+                      channels: int | None = None) -> LabelledImages:
     """Decode every picture of a class-subfolder tree; unreadable files are skipped and listed."""
     paths, labels, class_names = list_image_folder(data_dir)
     image_size, channels = guess_input_shape(paths, image_size, channels)
@@ -104,7 +106,7 @@ def load_image_folder(data_dir, image_size=None, channels=None):
     return LabelledImages(images, labels[keep], class_names, skipped)
 
 
-def load_keras_dataset(name):
+def load_keras_dataset(name: str) -> tuple[LabelledImages, LabelledImages]:
     """Return (train, test) from keras.datasets, downloading them once."""
     import keras
 
@@ -122,7 +124,8 @@ def load_keras_dataset(name):
     return as_images(train_x, train_y), as_images(test_x, test_y)
 
 
-def split(data, fraction, seed):
+def split(data: LabelledImages, fraction: float,
+          seed: int) -> tuple[LabelledImages, LabelledImages]:
     """Split off a random `fraction` of the images as a second set: (rest, part)."""
     count = len(data.labels)
     order = np.random.default_rng(seed).permutation(count)

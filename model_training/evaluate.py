@@ -1,15 +1,19 @@
 """Measure a trained model on held-out images and draw the pictures people look at."""
 
+from typing import Any
+
 import numpy as np
 
+from model_training.data import LabelledImages
 
-def predict_classes(model, images, batch_size=256):
+
+def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Return the most probable class index for each image."""
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     return probabilities.argmax(axis=1)
 
 
-def evaluate(model, test, batch_size=256):
+def evaluate(model: Any, test: LabelledImages, batch_size: int = 256) -> dict:
     """Return test accuracy, per-class accuracy and the confusion matrix."""
     predicted = predict_classes(model, test.images, batch_size)
     count = len(test.class_names)
@@ -28,7 +32,7 @@ def evaluate(model, test, batch_size=256):
     }
 
 
-def plot_training_curves(history, path):
+def plot_training_curves(history: dict[str, list[float]], path: str) -> None:
     """Save loss and accuracy per epoch, training against validation."""
     import matplotlib
 
@@ -49,7 +53,8 @@ def plot_training_curves(history, path):
     plt.close(figure)
 
 
-def plot_confusion_matrix(confusion, class_names, path):
+def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str],
+                          path: str) -> None:
     """Save the confusion matrix as a labelled heat map (rows: true class)."""
     import matplotlib
 

@@ -1,10 +1,12 @@
 """The CNN, after airbench (Keller Jordan, 2024): a whitened stem and three conv groups."""
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import KerasTensor, layers, ops
+from keras.optimizers.schedules import LearningRateSchedule
 
 # PyTorch's default convolution initialisation, which airbench's settings were tuned with:
 # uniform in +-1/sqrt(fan_in). With batch normalization after every convolution the scale
@@ -20,11 +22,12 @@ WHITENING_EPSILON = 5e-4
 class HorizontalFlip(layers.Layer):
     """Mirror images left to right, always (test-time augmentation inside the model)."""
 
-    def call(self, images):
+    def call(self, images: KerasTensor) -> KerasTensor:
         return ops.flip(images, axis=-2)
 
 
-def make_model(input_shape, num_classes, width=64, batch_norm_momentum=0.6):
+def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
+               batch_norm_momentum: float = 0.6) -> keras.Model:
     """Build the classifier; it takes raw 0-255 pixels and returns class probabilities."""
     inputs = keras.Input(shape=input_shape, name="image")
     # The scaling lives inside the model so that training and serving cannot disagree.
@@ -59,7 +62,7 @@ def make_model(input_shape, num_classes, width=64, batch_norm_momentum=0.6):
     return keras.Model(inputs, outputs, name="cnn")
 
 
-def conv_group(x, filters, momentum, name):
+def conv_group(x: KerasTensor, filters: int, momentum: float, name: str) -> KerasTensor:
     """A 3x3 convolution, 2x2 max-pooling, then a second 3x3 convolution; each normalized."""
     x = conv(x, filters, name=f"{name}_conv1")
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
@@ -68,20 +71,20 @@ def conv_group(x, filters, momentum, name):
     return batch_norm_gelu(x, momentum, name=f"{name}_2")
 
 
-def conv(x, filters, name):
+def conv(x: KerasTensor, filters: int, name: str) -> KerasTensor:
     """A 3x3 'same' convolution without bias: the batch norm after it supplies one."""
     return layers.Conv2D(filters, 3, padding="same", use_bias=False,
                          kernel_initializer=TORCH_INIT, name=name)(x)
 
 
-def batch_norm_gelu(x, momentum, name):
+def batch_norm_gelu(x: KerasTensor, momentum: float, name: str) -> KerasTensor:
     """Batch norm with a learned shift but a fixed scale (as airbench), then GELU."""
     x = layers.BatchNormalization(momentum=momentum, epsilon=1e-12, scale=False,
                                   name=f"{name}_bn")(x)
     return layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
-def whiten(model, images, sample=5000):
+def whiten(model: keras.Model, images: np.ndarray, sample: int = 5000) -> None:
     """Set the frozen stem to whiten 2x2 patches of `images`, centred, with unit variance."""
     stem = model.get_layer("whiten")
     stride = stem.strides[0]
@@ -101,7 +104,7 @@ def whiten(model, images, sample=5000):
     stem.set_weights([kernel, -(filters @ mean)])
 
 
-def identity_init(model):
+def identity_init(model: keras.Model) -> None:
     """Start every 3x3 convolution as the identity on its first channels (Dirac), as airbench.
 
     A group's input then reaches its output unchanged at the start, the way it would
@@ -116,7 +119,7 @@ def identity_init(model):
             layer.kernel.assign(kernel)
 
 
-def with_flip_averaging(model):
+def with_flip_averaging(model: keras.Model) -> keras.Model:
     """The model that answers with the mean of `model` on the image and on its mirror."""
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     mirrored = HorizontalFlip(name="mirror")(inputs)
@@ -125,7 +128,7 @@ def with_flip_averaging(model):
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
 
 
-def smoothed_sparse_crossentropy(label_smoothing):
+def smoothed_sparse_crossentropy(label_smoothing: float) -> Callable:
     """sparse_categorical_crossentropy against labels smoothed towards the uniform."""
 
     def loss(labels, probabilities):
@@ -143,7 +146,7 @@ class BiasScaledSGD(keras.optimizers.SGD):
     The shifts are few and start at zero; the weight decay still applies to them unscaled.
     """
 
-    def __init__(self, bias_scale=64.0, **kwargs):
+    def __init__(self, bias_scale: float = 64.0, **kwargs):
         super().__init__(**kwargs)
         self.bias_scale = bias_scale
 
@@ -155,10 +158,11 @@ class BiasScaledSGD(keras.optimizers.SGD):
         return super().apply(grads, trainable_variables)
 
 
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupLinearDecay(LearningRateSchedule):
     """Linear from 0.2 to 1 times `peak` over the first 23% of steps, then down to 0.07."""
 
-    def __init__(self, peak, total_steps, warmup_fraction=0.23, start=0.2, end=0.07):
+    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.23,
+                 start: float = 0.2, end: float = 0.07):
         self.peak, self.total_steps = peak, max(1, total_steps)
         self.warmup_steps = max(1, math.floor(self.total_steps * warmup_fraction))
         self.start, self.end = start, end
@@ -173,12 +177,14 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                            1 - (1 - self.end) * falling)
         return self.peak * factor
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": self.total_steps,
                 "start": self.start, "end": self.end}
 
 
-def compile_model(model, schedule, momentum=0.85, weight_decay=0.0089, label_smoothing=0.2):
+def compile_model(model: keras.Model, schedule: float | LearningRateSchedule,
+                  momentum: float = 0.85, weight_decay: float = 0.0089,
+                  label_smoothing: float = 0.2) -> keras.Model:
     """Compile with Nesterov SGD, decoupled weight decay and label smoothing."""
     model.compile(
         optimizer=BiasScaledSGD(learning_rate=schedule, momentum=momentum, nesterov=True,

@@ -10,9 +10,13 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+
+import keras
 
 from model_training import data as datasets
 from model_training import evaluate
+from model_training.data import LabelledImages
 from model_training.model import (
     WarmupLinearDecay,
     compile_model,
@@ -29,7 +33,7 @@ DEFAULT_EPOCHS = 15
 MIN_STEPS = 500
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
     """Read the command line; argparse itself exits 2 on a malformed one."""
     parser = argparse.ArgumentParser(
         prog="python -m model_training.train",
@@ -82,7 +86,7 @@ def parse_args(argv):
     return args
 
 
-def positive_int(text):
+def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     value = int(text)
     if value < 1:
@@ -90,7 +94,7 @@ def positive_int(text):
     return value
 
 
-def positive_float(text):
+def positive_float(text: str) -> float:
     """An argparse type: a number above 0."""
     value = float(text)
     if not value > 0:
@@ -98,7 +102,7 @@ def positive_float(text):
     return value
 
 
-def fraction(text):
+def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1)."""
     value = float(text)
     if not 0 <= value < 1:
@@ -106,7 +110,7 @@ def fraction(text):
     return value
 
 
-def default_name(args):
+def default_name(args: argparse.Namespace) -> str:
     """Name the model after its dataset or data folder."""
     if args.name:
         return args.name
@@ -118,7 +122,7 @@ def default_name(args):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", folder).strip("-.") or "model"
 
 
-def choose_precision(requested):
+def choose_precision(requested: str) -> str:
     """Use bfloat16 only where the CPU computes it natively; elsewhere it is slower."""
     if requested != "auto":
         return requested
@@ -130,7 +134,8 @@ def choose_precision(requested):
     return "mixed_bfloat16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "float32"
 
 
-def load_data(args):
+def load_data(args: argparse.Namespace) -> tuple[LabelledImages, LabelledImages,
+                                                 LabelledImages, list[str]]:
     """Return (train, validation, test, skipped files) as the arguments ask."""
     channels = {"rgb": 3, "grayscale": 1, None: None}[args.color_mode]
     if args.dataset:
@@ -152,7 +157,7 @@ def load_data(args):
     return train, validation, test, skipped
 
 
-def train(args, argv):
+def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict]:
     """Train, evaluate and publish; return (published folder, metadata)."""
     # 1. Check the output before spending an hour on training.
     name = default_name(args)
@@ -164,8 +169,6 @@ def train(args, argv):
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}", file=sys.stderr)
     plan = plan_training(args, len(train_set.labels))
-
-    import keras
 
     keras.utils.set_random_seed(args.seed)
     precision = choose_precision(args.precision)
@@ -191,7 +194,7 @@ def train(args, argv):
     return folder, metadata
 
 
-def plan_training(args, train_images):
+def plan_training(args: argparse.Namespace, train_images: int) -> dict:
     """Batch size, epochs and steps for this much data; small folders get more, smaller steps."""
     # At most an eighth of the data per step, so even a few hundred images get several
     # steps per epoch; powers of two keep the batches even.
@@ -211,10 +214,8 @@ def plan_training(args, train_images):
 
 
 @contextlib.contextmanager
-def precision_policy(precision):
+def precision_policy(precision: str) -> Iterator[None]:
     """Use `precision` for the layers built inside; restore float32 afterwards, even on error."""
-    import keras
-
     keras.mixed_precision.set_global_policy(precision)
     try:
         yield
@@ -222,7 +223,7 @@ def precision_policy(precision):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def build_model(args, train_set):
+def build_model(args: argparse.Namespace, train_set: LabelledImages) -> keras.Model:
     """The network for this data, with its whitening stem fitted and Dirac-initialised groups."""
     model = make_model(train_set.images.shape[1:], len(train_set.class_names), width=args.width)
     whiten(model, train_set.images)
@@ -230,9 +231,9 @@ def build_model(args, train_set):
     return model
 
 
-def fit(model, train_set, validation_set, args, plan):
+def fit(model: keras.Model, train_set: LabelledImages, validation_set: LabelledImages,
+        args: argparse.Namespace, plan: dict) -> tuple[keras.callbacks.History, float]:
     """Run model.fit with early stopping; return (history, seconds in fit)."""
-    import keras
     import tensorflow as tf
 
     # The arrays are already decoded in memory; shuffle each epoch and keep the CPU fed.
@@ -253,7 +254,8 @@ def fit(model, train_set, validation_set, args, plan):
     return history, time.monotonic() - started
 
 
-def serving_copy(model, args, test_set):
+def serving_copy(model: keras.Model, args: argparse.Namespace,
+                 test_set: LabelledImages) -> tuple[keras.Model, dict]:
     """A float32 copy without optimizer state, and its test metrics (with and without the flip)."""
     with precision_policy("float32"):
         plain = make_model(model.input_shape[1:], model.output_shape[-1], width=args.width)
@@ -266,10 +268,11 @@ def serving_copy(model, args, test_set):
     return (flipped if args.flip_tta else plain), metrics
 
 
-def describe_run(args, argv, name, precision, plan, history, seconds, sets, skipped,
-                 serving_model, metrics):
+def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision: str,
+                 plan: dict, history: keras.callbacks.History, seconds: float,
+                 sets: tuple[LabelledImages, LabelledImages, LabelledImages],
+                 skipped: list[str], serving_model: keras.Model, metrics: dict) -> dict:
     """metadata.json's content, without the version number (publishing decides it)."""
-    import keras
     import tensorflow as tf
 
     train_set, validation_set, test_set = sets
@@ -319,7 +322,8 @@ def describe_run(args, argv, name, precision, plan, history, seconds, sets, skip
     }
 
 
-def write_version(folder, version, serving_model, metadata, history):
+def write_version(folder: str, version: int, serving_model: keras.Model, metadata: dict,
+                  history: dict) -> None:
     """Write every file of one version into `folder`."""
     metadata["version"] = version
     serving_model.save(os.path.join(folder, "model.keras"))
@@ -329,7 +333,7 @@ def write_version(folder, version, serving_model, metadata, history):
                                    os.path.join(folder, "confusion-matrix.png"))
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors a user can fix end with one line and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
