@@ -139,6 +139,19 @@ class RunningService:
         return self.process.returncode
 
 
+def wait_for(condition, timeout=30):
+    """Poll `condition` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def docker_engine_answers():
     """True when a docker client is installed and its engine replies."""
     if not shutil.which("docker"):

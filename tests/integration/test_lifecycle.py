@@ -17,23 +17,11 @@ def post_image(server, headers=None, data=IMAGE, timeout=30):
     return requests.post(server.url("/predict"), data=data, headers=headers, timeout=timeout)
 
 
-def wait_for(condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    return False
-
-
 def test_without_a_model_the_service_is_live_but_not_ready(start_service, tmp_path, models_dir):
     empty = tmp_path / "empty-models"
     server = start_service(empty, wait_ready=False)
-    assert wait_for(lambda: requests.get(server.url("/health/live"), timeout=2).ok)
-    assert wait_for(lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model")
+    assert support.wait_for(lambda: requests.get(server.url("/health/live"), timeout=2).ok)
+    assert support.wait_for(lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model")
     ready = requests.get(server.url("/health/ready"))
     assert ready.status_code == 503 and "no model version" in ready.json()["reason"]
     response = post_image(server)
@@ -78,7 +66,7 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
         thread.start()
     time.sleep(1)
     support.publish_copy(models_dir, 2)
-    swapped = wait_for(lambda: versions and versions[-1] == 2)
+    swapped = support.wait_for(lambda: versions and versions[-1] == 2)
     time.sleep(1)
     stop.set()
     for thread in clients:
@@ -93,14 +81,14 @@ def test_a_new_version_is_served_while_requests_run_and_none_fails(start_service
 def test_a_broken_new_version_is_skipped_and_the_old_keeps_serving(start_service, models_dir):
     server = start_service(models_dir)
     support.publish_copy(models_dir, 2, break_model=True)
-    assert wait_for(lambda: "model_load_failed" in server.log())
+    assert support.wait_for(lambda: "model_load_failed" in server.log())
     assert requests.get(server.url("/model")).json()["version"] == 1
     response = post_image(server)
     assert response.status_code == 200 and response.json()["model"]["version"] == 1
     assert requests.get(server.url("/health/ready")).status_code == 200
     # A good version after the broken one is picked up as usual.
     support.publish_copy(models_dir, 3)
-    assert wait_for(lambda: requests.get(server.url("/model")).json()["version"] == 3)
+    assert support.wait_for(lambda: requests.get(server.url("/model")).json()["version"] == 3)
 
 
 def test_sigterm_lets_a_request_in_flight_finish_and_starts_no_new_ones(start_service, models_dir):
