@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe V2) REST face under /v2, on the same model, batcher and limits.
+"""The Open Inference Protocol (KServe V2) REST face: /v2, on the same model, batcher, limits.
 
 Reference: kserve/open-inference-protocol, specification/protocol/inference_rest.md, with Triton's
 "Binary Tensor Data Extension" and "Classification Extension". The model takes one of two inputs:
@@ -192,7 +192,7 @@ def _requested_outputs(parsed, model):
 
 
 def _output(requested, model, probabilities):
-    """Raw probabilities, or "<score>:<index>:<label>" top K per image (Classification Extension)."""
+    """Raw probabilities, or the top K "<score>:<index>:<label>" (Classification Extension)."""
     if not requested.classification:
         return OutputTensor(requested.name, "FP32", probabilities.shape, probabilities,
                             requested.binary)

@@ -87,7 +87,8 @@ def metrics_page():
 @blueprint.get("/openapi.json")
 def openapi():
     """The OpenAPI 3 description of this API."""
-    return jsonify(openapi_document(settings()))
+    model = current_app.extensions["model_store"].current
+    return jsonify(openapi_document(settings(), model.version if model else None))
 
 
 @blueprint.get("/")

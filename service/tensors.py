@@ -87,7 +87,7 @@ def parse_infer_request(body, header_length=None):
     header, binary = _split(body, header_length)
     request = _json_object(header)
     request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in request and not isinstance(request_id, str):
         raise TensorError('"id" must be a string.')
     parameters = _parameters(request, "the request")
     binary_output = _flag(parameters, "binary_data_output", "the request")
@@ -160,9 +160,9 @@ def _json_object(header):
 
 def _list(container, key, required):
     """A list-valued member of a JSON object."""
-    value = container.get(key)
-    if value is None and not required:
+    if key not in container and not required:
         return []
+    value = container.get(key)
     if not isinstance(value, list):
         raise TensorError(f'"{key}" must be a list of tensor objects.')
     return value

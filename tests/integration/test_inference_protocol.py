@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe V2) face, driven by Triton's own HTTP client."""
+"""The Open Inference Protocol (KServe V2) face, driven by two clients we did not write."""
 
 import base64
 import shutil
@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
+from open_inference.openapi import (BadRequestError, InferenceRequest, NotFoundError, RequestInput,
+                                    RequestOutput)
+from open_inference.openapi.client import OpenInferenceClient
+from open_inference.openapi.core import ApiError
 from tritonclient.utils import InferenceServerException
 
 from service.images import decode_image
@@ -199,8 +203,9 @@ def test_the_request_id_comes_back(server, client):
 def test_a_plain_json_request_without_a_client(server):
     pixels = np.zeros((1, *IMAGE_SIZE), np.uint8)
     response = requests.post(server.url(f"/v2/models/{MODEL}/versions/1/infer"), json={
-        "id": "plain", "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
-                                   "data": pixels.tolist()}],
+        "id": "plain",
+        "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
+                    "data": pixels.tolist()}],
         "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]})
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/json"
@@ -320,3 +325,57 @@ def test_without_a_model_readiness_is_503(start_service, tmp_path):
     assert requests.get(server.url(f"/v2/models/{MODEL}/ready")).status_code == 503
     assert_v2_error(requests.get(server.url(f"/v2/models/{MODEL}")), 503)
     assert_v2_error(requests.post(server.url(f"/v2/models/{MODEL}/infer"), json={}), 503)
+
+
+# A second client: the one generated from the protocol's own OpenAPI document.
+
+@pytest.fixture
+def generated(server):
+    """open-inference-openapi's client, pointed at the service."""
+    return OpenInferenceClient(base_url=server.base_url, timeout=30)
+
+
+def test_the_generated_client_reads_health_and_metadata(generated):
+    generated.check_server_liveness()
+    generated.check_server_readiness()
+    generated.check_model_readiness(MODEL)
+    generated.check_model_version_readiness(MODEL, "1")
+    with pytest.raises(NotFoundError):
+        generated.check_model_version_readiness(MODEL, "2")
+    assert generated.read_server_metadata().extensions == ["binary_tensor_data", "classification"]
+    metadata = generated.read_model_version_metadata(MODEL, "1")
+    assert [tensor.name for tensor in metadata.inputs] == ["image", "pixels"]
+    assert metadata.outputs[0].shape == [-1, 3]
+
+
+def test_the_generated_client_gets_the_answers_of_predict(server, generated):
+    images = jpegs(2)
+    encoded = [base64.b64encode(image).decode() for image in images]
+    answer = generated.model_infer(MODEL, request=InferenceRequest(
+        id="generated", inputs=[RequestInput(name="image", shape=[2], datatype="BYTES",
+                                             data=encoded)]))
+    assert answer.id == "generated" and answer.model_version == "1"
+    (output,) = answer.outputs
+    probabilities = np.array(output.data.__root__, dtype=np.float32).reshape(output.shape)
+    predictions = predict_answers(server, images)
+    assert_same_as_predict(probabilities, predictions)
+
+    # UINT8 pixels, which this client sends as JSON floats, and the classification extension.
+    pixels = np.stack([decode_image(image, *IMAGE_SIZE, max_pixels=10**6) for image in images])
+    answer = generated.model_version_infer(MODEL, "1", request=InferenceRequest(
+        inputs=[RequestInput(name="pixels", shape=list(pixels.shape), datatype="UINT8",
+                             data=pixels.ravel().tolist())],
+        outputs=[RequestOutput(name="probabilities", parameters={"classification": 1})]))
+    labels = [element.split(":")[2] for element in answer.outputs[0].data.__root__]
+    assert labels == [prediction["label"] for prediction in predictions]
+
+
+def test_the_generated_client_sees_protocol_errors(generated):
+    request = InferenceRequest(inputs=[RequestInput(name="image", shape=[1], datatype="BYTES",
+                                                    data=["%%%"])])
+    with pytest.raises(BadRequestError) as raised:
+        generated.model_infer(MODEL, request=request)
+    assert "base64" in raised.value.body["error"]
+    with pytest.raises(ApiError) as raised:
+        generated.model_infer("cats", request=request)
+    assert raised.value.status_code == 404 and "cats" in raised.value.body["error"]

@@ -21,7 +21,8 @@ def test_without_a_model_the_service_is_live_but_not_ready(start_service, tmp_pa
     empty = tmp_path / "empty-models"
     server = start_service(empty, wait_ready=False)
     assert support.wait_for(lambda: requests.get(server.url("/health/live"), timeout=2).ok)
-    assert support.wait_for(lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model")
+    assert support.wait_for(
+        lambda: requests.get(server.url("/health/ready")).json()["status"] == "no_model")
     ready = requests.get(server.url("/health/ready"))
     assert ready.status_code == 503 and "no model version" in ready.json()["reason"]
     response = post_image(server)
