@@ -295,9 +295,10 @@ def _bytes_from_binary(raw, elements, where):
         offset += length
         if len(found) > elements:
             break
-    if len(found) != elements:
-        raise TensorError(f"{where} holds {'more than ' if len(found) > elements else ''}"
-                          f"{len(found)} elements, but its shape needs {elements}.")
+    if len(found) > elements:
+        raise TensorError(f"{where} holds more than {elements} elements, as its shape says.")
+    if len(found) < elements:
+        raise TensorError(f"{where} holds {len(found)} elements, but its shape needs {elements}.")
     return found
 
 
