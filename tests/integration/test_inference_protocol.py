@@ -1,7 +1,6 @@
 """The Open Inference Protocol (KServe V2) face, driven by two clients we did not write."""
 
 import base64
-import shutil
 
 import numpy as np
 import pytest
@@ -19,17 +18,6 @@ from tests import support
 MODEL = "shapes"
 IMAGE_SIZE = (16, 16, 3)
 COLOURS = list(support.SHAPE_COLOURS.values())
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, trained_models):
-    """One service for the module, with small limits so that they can be hit."""
-    models = tmp_path_factory.mktemp("v2") / "models"
-    shutil.copytree(trained_models, models)
-    running = support.RunningService(models, models.parent / "service.log",
-                                     max_images_per_request=4, max_request_bytes=2_000_000)
-    yield running.wait_ready()
-    running.stop()
 
 
 @pytest.fixture
