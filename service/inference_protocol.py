@@ -151,12 +151,12 @@ def _images(inputs, model):
     """The batch of uint8 pixels from the request's one input, within every /predict limit."""
     height, width, channels = model.input_shape
     if len(inputs) != 1 or inputs[0].name not in (IMAGE_INPUT, PIXELS_INPUT):
-        names = ", ".join(repr(tensor.name) for tensor in inputs)
+        names = ", ".join(repr(tensor.name[:40]) for tensor in inputs[:5])
         raise TensorError(f"Send exactly one input, {IMAGE_INPUT!r} (BYTES [N], encoded images) "
                           f"or {PIXELS_INPUT!r} (UINT8 [N, {height}, {width}, {channels}]), "
                           f"not {names}.")
     tensor = inputs[0]
-    expected = ("BYTES" if tensor.name == IMAGE_INPUT else "UINT8")
+    expected = "BYTES" if tensor.name == IMAGE_INPUT else "UINT8"
     if tensor.datatype != expected:
         raise TensorError(f"Input {tensor.name!r} is {expected}, not {tensor.datatype}.")
     wanted = [None] if tensor.name == IMAGE_INPUT else [None, height, width, channels]

@@ -206,7 +206,7 @@ def _input(item, index, binary, offset):
     if not isinstance(item, dict):
         raise TensorError(f"{where} must be a tensor object.")
     name = _string(item, "name", where)
-    where = f"input {name!r}"
+    where = f"input {name[:100]!r}"
     datatype = _string(item, "datatype", where)
     if datatype not in DATATYPES:
         raise TensorError(f"{where} has an unknown datatype {datatype[:40]!r}; the protocol's "
@@ -316,11 +316,11 @@ def _output(item, index, binary_output):
     if not isinstance(item, dict):
         raise TensorError(f"{where} must be an object with a \"name\".")
     name = _string(item, "name", where)
-    parameters = _parameters(item, f"output {name!r}")
+    where = f"output {name[:100]!r}"
+    parameters = _parameters(item, where)
     # Binary Tensor Data Extension: "binary_data" on an output overrides "binary_data_output".
-    binary = (_flag(parameters, "binary_data", f"output {name!r}")
-              if "binary_data" in parameters else binary_output)
-    classification = _count(parameters, "classification", f"output {name!r}") or 0
+    binary = _flag(parameters, "binary_data", where) if "binary_data" in parameters else binary_output
+    classification = _count(parameters, "classification", where) or 0
     return RequestedOutput(name, binary, classification)
 
 
@@ -328,7 +328,7 @@ def _unique(names, kind):
     """Refuse a tensor named twice."""
     repeated = [name for name, count in collections.Counter(names).items() if count > 1]
     if repeated:
-        raise TensorError(f"The {kind} {repeated[0]!r} is given more than once.")
+        raise TensorError(f"The {kind} {repeated[0][:100]!r} is given more than once.")
 
 
 def _to_binary(output):
