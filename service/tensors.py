@@ -319,7 +319,8 @@ def _output(item, index, binary_output):
     where = f"output {name[:100]!r}"
     parameters = _parameters(item, where)
     # Binary Tensor Data Extension: "binary_data" on an output overrides "binary_data_output".
-    binary = _flag(parameters, "binary_data", where) if "binary_data" in parameters else binary_output
+    binary = (_flag(parameters, "binary_data", where) if "binary_data" in parameters
+              else binary_output)
     classification = _count(parameters, "classification", where) or 0
     return RequestedOutput(name, binary, classification)
 

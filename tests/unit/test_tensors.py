@@ -81,6 +81,10 @@ def test_whole_floats_are_taken_as_uint8():
     assert parse_infer_request(body).inputs[0].data.tolist() == [3, 255]
 
 
+# A valid one-element UINT8 input, as JSON.
+PIXEL = b'{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}'
+
+
 def input_body(**tensor):
     """A JSON request with one input made of `tensor`'s fields."""
     return json.dumps({"inputs": [{"name": "image", **tensor}]}).encode()
@@ -112,14 +116,11 @@ def input_body(**tensor):
     (input_body(datatype="UINT8", shape=[1], data=["1"]), "0 to 255"),
     (input_body(datatype="UINT8", shape=[1], data=[1], parameters={"binary_data_size": -1}),
      "non-negative integer"),
-    (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]},'
-     b' {"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}]}', "more than once"),
-    (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}],'
-     b' "outputs": [{"name": "o", "parameters": {"classification": -2}}]}', "non-negative"),
-    (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}],'
-     b' "outputs": [{"parameters": {}}]}', '"name"'),
-    (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}],'
-     b' "outputs": null}', "must be a list"),
+    (b'{"inputs": [%s, %s]}' % (PIXEL, PIXEL), "more than once"),
+    (b'{"inputs": [%s], "outputs": [{"name": "o", "parameters": {"classification": -2}}]}'
+     % PIXEL, "non-negative"),
+    (b'{"inputs": [%s], "outputs": [{"parameters": {}}]}' % PIXEL, '"name"'),
+    (b'{"inputs": [%s], "outputs": null}' % PIXEL, "must be a list"),
 ])
 def test_malformed_requests_are_refused_with_a_reason(body, words):
     assert words in refused(body)
