@@ -14,8 +14,8 @@ from service import metrics
 from service.errors import ApiError, error_response
 from service.images import decode_image
 from service.serving import check_api_key, serving_model, settings
-from service.tensors import (OutputTensor, RequestedOutput, TensorError, encode_infer_response,
-                             parse_infer_request)
+from service.tensors import (INVALID, OutputTensor, RequestedOutput, TensorError,
+                             encode_infer_response, parse_infer_request)
 
 blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 
@@ -31,10 +31,14 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BODY_TYPES = ("", "application/json", "application/octet-stream")
 
 
+# Each TensorError kind's HTTP status.
+TENSOR_ERROR_STATUSES = {INVALID: 400, "too_many_images": 413}
+
+
 @blueprint.errorhandler(TensorError)
 def tensor_error(error):
-    """An unreadable inference request: the protocol's {"error": message} with its status."""
-    return error_response(error.status, "invalid_inference_request", error.message)
+    """An unusable inference request: the protocol's {"error": message} with its status."""
+    return error_response(TENSOR_ERROR_STATUSES[error.kind], error.kind, error.message)
 
 
 @blueprint.get("")
@@ -169,7 +173,8 @@ def _images(inputs, model):
     if count == 0:
         raise TensorError(f"Input {tensor.name!r} holds no image.")
     if count > limit:
-        raise TensorError(f"The request holds {count} images; the limit is {limit}.", 413)
+        raise TensorError(f"The request holds {count} images; the limit is {limit}.",
+                          "too_many_images")
     if tensor.name == PIXELS_INPUT:
         return np.ascontiguousarray(tensor.data)
     return np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)

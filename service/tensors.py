@@ -29,17 +29,20 @@ READABLE = ("BYTES", "UINT8")
 LENGTH_PREFIX = struct.Struct("<I")
 
 
+# The kind of every error of this module: the request does not follow the protocol.
+INVALID = "invalid_inference_request"
+
 # The numpy types of the numeric outputs this service answers with, little-endian.
 LITTLE_ENDIAN = {"FP32": "<f4", "UINT8": "u1"}
 
 
 class TensorError(Exception):
-    """An inference request that cannot be read, with the HTTP status that fits it."""
+    """An inference request that cannot be used; `kind` is the snake_case error code."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, kind=INVALID):
         super().__init__(message)
+        self.kind = kind
         self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ def binary_request(header, *chunks):
     return encoded + b"".join(chunks), str(len(encoded))
 
 
-def refused(body, header_length=None, status=400):
+def refused(body, header_length=None):
     """The message of the TensorError the parser raises for `body`."""
     with pytest.raises(TensorError) as raised:
         parse_infer_request(body, header_length)
-    assert raised.value.status == status
+    assert raised.value.kind == "invalid_inference_request"
     return raised.value.message
 
 
