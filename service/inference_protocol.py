@@ -100,7 +100,7 @@ def infer(name, version=None):
         images = _images(parsed.inputs, model)
         probabilities = batcher.submit(model, images, expectation)
     g.model_version, g.image_count = model.version, len(images)
-    metrics.count_classified(model.classes[int(np.argmax(scores))] for scores in probabilities)
+    metrics.count_classified(model.rank(scores, 1)[0]["label"] for scores in probabilities)
     header = {"model_name": name, "model_version": str(model.version)}
     if parsed.id is not None:
         header["id"] = parsed.id

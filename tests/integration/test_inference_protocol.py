@@ -281,8 +281,17 @@ def test_unknown_v2_routes_and_methods_answer_in_the_protocol_shape(server):
 
 # Limits, metrics and logs are shared with /predict.
 
+def images_classified(server):
+    """The images_classified_total counter."""
+    metrics = requests.get(server.url("/metrics")).text
+    return float(next(line.split()[1] for line in metrics.splitlines()
+                      if line.startswith("images_classified_total ")))
+
+
 def test_v2_requests_are_counted_and_logged(server, client):
+    before = images_classified(server)
     client.infer(MODEL, [bytes_input(jpegs(2))], headers={"X-Request-ID": "counted-v2"})
+    assert images_classified(server) == before + 2
     metrics = requests.get(server.url("/metrics")).text
     assert 'route="/v2/models/<name>/infer"' in metrics
     log_lines = [line for line in server.log().splitlines() if "counted-v2" in line]
