@@ -14,8 +14,14 @@ from service import metrics
 from service.errors import ApiError, error_response
 from service.images import decode_image
 from service.serving import check_api_key, serving_model, settings
-from service.tensors import (INVALID, OutputTensor, RequestedOutput, TensorError,
-                             encode_infer_response, parse_infer_request)
+from service.tensors import (
+    INVALID,
+    OutputTensor,
+    RequestedOutput,
+    TensorError,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 
@@ -164,8 +170,9 @@ def _images(inputs, model):
     if tensor.datatype != expected:
         raise TensorError(f"Input {tensor.name!r} is {expected}, not {tensor.datatype}.")
     wanted = [None] if tensor.name == IMAGE_INPUT else [None, height, width, channels]
-    if len(tensor.shape) != len(wanted) or any(
-            size is not None and size != actual for size, actual in zip(wanted, tensor.shape)):
+    fits = len(tensor.shape) == len(wanted) and all(
+        size in (None, actual) for size, actual in zip(wanted, tensor.shape, strict=True))
+    if not fits:
         shape = "[N]" if tensor.name == IMAGE_INPUT else f"[N, {height}, {width}, {channels}]"
         raise TensorError(f"Input {tensor.name!r} has shape {list(tensor.shape)}; "
                           f"it must be {shape}.")

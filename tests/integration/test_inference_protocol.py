@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
-from open_inference.openapi import (BadRequestError, InferenceRequest, NotFoundError, RequestInput,
-                                    RequestOutput)
+from open_inference.openapi import (
+    BadRequestError,
+    InferenceRequest,
+    NotFoundError,
+    RequestInput,
+    RequestOutput,
+)
 from open_inference.openapi.client import OpenInferenceClient
 from open_inference.openapi.core import ApiError
 from tritonclient.utils import InferenceServerException
@@ -68,7 +73,7 @@ def assert_same_as_predict(probabilities, predictions):
     assert probabilities.shape == (len(predictions), 3)
     assert probabilities.dtype == np.float32
     classes = ["blue", "green", "red"]
-    for scores, prediction in zip(probabilities, predictions):
+    for scores, prediction in zip(probabilities, predictions, strict=True):
         ranked = [{"label": classes[i], "confidence": round(float(scores[i]), 4)}
                   for i in np.argsort(scores)[::-1]]
         assert ranked == prediction["top_k"]
@@ -160,7 +165,7 @@ def test_classification_gives_the_top_labels_of_predict(server, client, binary):
     result = client.infer(MODEL, [bytes_input(images)], outputs=outputs)
     labels = result.as_numpy("probabilities")
     assert labels.shape == (2, 3)
-    for row, prediction in zip(labels, predict_answers(server, images)):
+    for row, prediction in zip(labels, predict_answers(server, images), strict=True):
         entries = [text(element).split(":") for element in row]
         assert [label for _, _, label in entries] == [p["label"] for p in prediction["top_k"]]
         assert [round(float(score), 4) for score, _, _ in entries] == [

@@ -7,8 +7,13 @@ import struct
 import numpy as np
 import pytest
 
-from service.tensors import (OutputTensor, TensorError, encode_bytes_elements,
-                             encode_infer_response, parse_infer_request)
+from service.tensors import (
+    OutputTensor,
+    TensorError,
+    encode_bytes_elements,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 
 def binary_request(header, *chunks):
