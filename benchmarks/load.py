@@ -22,14 +22,17 @@ class LoadError(Exception):
     """A load run had failed requests: its figures would not mean anything."""
 
 
-def run_wrk(url, image_list, clients, seconds, max_requests, timeout_seconds, warmup=False):
+def run_wrk(url, image_list, clients, seconds, max_requests, timeout_seconds, warmup=False,
+            form="multipart"):
     """POST images to `url` from `clients` connections; return wrk's figures as a dict.
+
+    `form` is "multipart" (/predict) or "v2" (an Open Inference Protocol binary BYTES input).
 
     A warm-up may end before any answer arrives (a cold peer is slow); a measured run may not.
     """
     command = [require_wrk(), "--threads", "1", "--connections", str(clients),
                "--duration", f"{seconds}s", "--timeout", f"{timeout_seconds}s",
-               "--script", SCRIPT, url, "--", image_list, str(max_requests)]
+               "--script", SCRIPT, url, "--", image_list, str(max_requests), form]
     finished = subprocess.run(command, capture_output=True, text=True,
                               timeout=seconds + timeout_seconds + 30)
     lines = [line for line in finished.stdout.splitlines() if line.startswith(RESULT_MARK)]

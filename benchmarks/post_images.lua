@@ -1,5 +1,6 @@
--- wrk script: POST real JPEGs to the URL as multipart/form-data, one image per request.
--- Usage: wrk -s benchmarks/post_images.lua URL -- IMAGE_LIST_FILE MAX_REQUESTS_PER_THREAD
+-- wrk script: POST real JPEGs to the URL, one image per request, as a multipart/form-data
+-- /predict request or as an Open Inference Protocol (/v2) request with one binary BYTES input.
+-- Usage: wrk -s benchmarks/post_images.lua URL -- IMAGE_LIST_FILE MAX_REQUESTS_PER_THREAD [v2]
 -- It counts every answer that is not 200 and prints the results as one JSON line.
 
 local boundary = "benchmark-boundary-7d1f0c"
@@ -17,18 +18,40 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
+local function multipart_request(path, data)
+   local headers = {["Content-Type"] = "multipart/form-data; boundary=" .. boundary}
+   local name = path:match("([^/]+)$")
+   local body = "--" .. boundary .. "\r\n"
+      .. 'Content-Disposition: form-data; name="file"; filename="' .. name .. '"\r\n'
+      .. "Content-Type: image/jpeg\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
+   return wrk.format("POST", nil, headers, body)
+end
+
+-- A 4-byte little-endian length (LuaJIT's Lua 5.1 has no bit operators).
+local function le32(n)
+   return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256,
+                      math.floor(n / 16777216) % 256)
+end
+
+-- Binary tensor data: the JSON, then the BYTES element as its length and the file's bytes.
+-- The answer is the top 3 labels (classification extension), as /predict's top_k=3.
+local function v2_request(path, data)
+   local header = '{"inputs":[{"name":"image","datatype":"BYTES","shape":[1],'
+      .. '"parameters":{"binary_data_size":' .. (#data + 4) .. '}}],'
+      .. '"outputs":[{"name":"probabilities","parameters":{"classification":3}}]}'
+   local headers = {["Content-Type"] = "application/octet-stream",
+                    ["Inference-Header-Content-Length"] = tostring(#header)}
+   return wrk.format("POST", nil, headers, header .. le32(#data) .. data)
+end
+
 function init(args)
    max_requests = tonumber(args[2]) or math.huge
-   local headers = {["Content-Type"] = "multipart/form-data; boundary=" .. boundary}
+   local make = args[3] == "v2" and v2_request or multipart_request
    for path in io.lines(args[1]) do
       local file = assert(io.open(path, "rb"))
       local data = file:read("*a")
       file:close()
-      local name = path:match("([^/]+)$")
-      local body = "--" .. boundary .. "\r\n"
-         .. 'Content-Disposition: form-data; name="file"; filename="' .. name .. '"\r\n'
-         .. "Content-Type: image/jpeg\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
-      table.insert(bodies, wrk.format("POST", nil, headers, body))
+      table.insert(bodies, make(path, data))
    end
    -- Threads start at different images so that they do not send the same one in step.
    next_index = (thread_number * 7919) % #bodies

@@ -27,6 +27,11 @@ def format_report(results):
             lines.append(f"| {server['label'] if index == 0 else ''} | {level['clients']} | "
                          f"{level['requests_per_second']:,.1f} | {level['p50_ms']:.1f} | "
                          f"{level['p99_ms']:.1f} | {extra} | {level['other_cpu_share']:.0%} |")
+    service = results.get("service") or {}
+    for level in service.get("v2_levels", []):
+        lines.append(f"| service, /v2 infer (one binary BYTES image, top 3) | {level['clients']} | "
+                     f"{level['requests_per_second']:,.1f} | {level['p50_ms']:.1f} | "
+                     f"{level['p99_ms']:.1f} | | | {level['other_cpu_share']:.0%} |")
     limit = results.get("in_process")
     if limit:
         lines.append(f"| in-process limit (decode + model call, no HTTP) | 1 | "
@@ -80,6 +85,12 @@ def targets(results):
         excess = levels[1]["p50_ms"] - limit["single_p50_ms"]
         checks.append(("1 client: p50 ≤ in-process single-image latency + 3 ms",
                        f"+{excess:.2f} ms ({levels[1]['p50_ms']:.2f} ms)", excess <= 3))
+    for level in service.get("v2_levels", []):
+        predict = levels.get(level["clients"])
+        if predict:
+            ratio = level["requests_per_second"] / predict["requests_per_second"]
+            checks.append((f"{level['clients']} client(s): /v2 infer within 10% of /predict's "
+                           "requests/s", f"{ratio:.0%}", ratio >= 0.9))
     checks.append(("ready ≤ 10 s after the process starts", f"{service['ready_seconds']:.2f} s",
                    service["ready_seconds"] <= 10))
     checks.append(("peak RSS of all service processes ≤ 1.5 GiB",

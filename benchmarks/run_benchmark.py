@@ -37,6 +37,9 @@ def parse_args(argv):
     parser.add_argument("--model-name", default="cifar10", help="model name (cifar10)")
     parser.add_argument("--clients", default="1,8,32,64",
                         help="concurrent clients, comma-separated (1,8,32,64)")
+    parser.add_argument("--v2-clients", default="1,32",
+                        help="clients for the service's /v2 infer route, beside /predict (1,32; "
+                             "empty for none)")
     parser.add_argument("--seconds", type=int, default=20, help="seconds per level (20)")
     parser.add_argument("--warmup-seconds", type=int, default=3,
                         help="unrecorded load before each server's levels (3)")
@@ -56,6 +59,7 @@ def parse_args(argv):
                         help="folder for results.json, report.md and server logs")
     args = parser.parse_args(argv)
     args.clients = [int(count) for count in args.clients.split(",")]
+    args.v2_clients = [int(count) for count in args.v2_clients.split(",") if count.strip()]
     args.only = args.only or list(PARTS)
     try:
         args.service_env = dict(pair.split("=", 1) for pair in args.service_env)
@@ -97,34 +101,49 @@ def measure_in_process(model_path, image_list, batch_size, seconds):
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
-def measure_server(server, label, args, image_list):
-    """Ready time, then every level of clients with the process tree's peak RSS."""
+def measure_server(server, label, args, image_list, v2_path=None):
+    """Ready time, then every level of clients with the process tree's peak RSS.
+
+    With `v2_path`, the same images also go to the Open Inference Protocol's infer route at
+    the levels of --v2-clients, each right after /predict's run at that level.
+    """
+    faces = [("levels", "/predict", "multipart", args.clients)]
+    if v2_path:
+        faces.append(("v2_levels", v2_path, "v2", args.v2_clients))
     try:
         ready_seconds = server.wait_ready()
         print(f"{label}: ready in {ready_seconds:.2f} s", flush=True)
-        url = server.url("/predict")
-        levels = []
+        measured = {key: [] for key, *_ in faces}
         with MemoryWatch(server.process.pid) as memory:
             # One client first, so a cold server's slow first calls are not piled up behind.
             for clients in (1, max(args.clients)):
-                load.run_wrk(url, image_list, clients, args.warmup_seconds, args.max_requests,
-                             args.timeout, warmup=True)
-                wait_until_idle(server.process.pid)
-            for clients in args.clients:
-                with OtherLoad(server.process.pid) as other:
-                    level = load.run_wrk(url, image_list, clients, args.seconds,
-                                         args.max_requests, args.timeout)
-                level["other_cpu_share"] = other.share
-                print(f"{label}: {clients} clients: {level['requests_per_second']:.1f} requests/s, "
-                      f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
-                      f"other processes {other.share:.0%} of the CPUs", flush=True)
-                levels.append(level)
-                # Requests a run leaves in flight must not spill into the next one.
-                wait_until_idle(server.process.pid)
+                for _, path, form, _ in faces:
+                    load.run_wrk(server.url(path), image_list, clients, args.warmup_seconds,
+                                 args.max_requests, args.timeout, warmup=True, form=form)
+                    wait_until_idle(server.process.pid)
+            for clients in sorted({count for *_, levels in faces for count in levels}):
+                for key, path, form, levels in faces:
+                    if clients in levels:
+                        measured[key].append(measure_level(server, f"{label} {path}", path, form,
+                                                           clients, args, image_list))
         return {"label": label, "ready_seconds": ready_seconds,
-                "peak_rss_bytes": memory.peak_bytes, "levels": levels}
+                "peak_rss_bytes": memory.peak_bytes, **measured}
     finally:
         server.stop()
+
+
+def measure_level(server, label, path, form, clients, args, image_list):
+    """One measured wrk run, with the share of the CPUs other processes took meanwhile."""
+    with OtherLoad(server.process.pid) as other:
+        level = load.run_wrk(server.url(path), image_list, clients, args.seconds,
+                             args.max_requests, args.timeout, form=form)
+    level["other_cpu_share"] = other.share
+    print(f"{label}: {clients} clients: {level['requests_per_second']:.1f} requests/s, "
+          f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
+          f"other processes {other.share:.0%} of the CPUs", flush=True)
+    # Requests a run leaves in flight must not spill into the next one.
+    wait_until_idle(server.process.pid)
+    return level
 
 
 def service_settings(args, model_dir):
@@ -217,8 +236,9 @@ def main(argv=None):
                                         "service/gunicorn_conf.py"],
                             args.service_port, environment,
                             os.path.join(args.output, "service.log"), "/health/ready", ROOT)
-            results["service"] = measure_server(server, describe_service(environment), args,
-                                                image_list)
+            results["service"] = measure_server(
+                server, describe_service(environment), args, image_list,
+                f"/v2/models/{args.model_name}/infer" if args.v2_clients else None)
         if "peer" in args.only:
             server = Server("peer", [sys.executable, "-m", "benchmarks.peer_app", "--model",
                                      model_path, "--port", str(args.peer_port)],

@@ -6,6 +6,7 @@ from service import metrics
 from service.batcher import Batcher
 from service.config import Settings
 from service.errors import register_error_handlers
+from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
 from service.model_store import ModelStore, configure_tensorflow
 from service.request_log import register_request_logging
@@ -33,6 +34,7 @@ def create_app(settings=None, start_model_store=True):
     register_error_handlers(app)
     register_request_logging(app)
     app.register_blueprint(blueprint)
+    app.register_blueprint(inference_protocol)
     if start_model_store:
         # Only a store that loads models needs TensorFlow; an app without one starts without it.
         configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)

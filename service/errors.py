@@ -14,9 +14,18 @@ class ApiError(Exception):
         self.message = message
 
 
+# Routes of the Open Inference Protocol answer errors in the protocol's own shape.
+INFERENCE_PROTOCOL_PREFIX = "/v2"
+
+
 def error_response(status, code, message):
-    """Build the JSON answer DESIGN.md fixes for every error."""
-    response = jsonify({"error": {"code": code, "message": message}})
+    """Build the JSON answer DESIGN.md fixes for every error, or the protocol's under /v2."""
+    path = request.path
+    if path == INFERENCE_PROTOCOL_PREFIX or path.startswith(INFERENCE_PROTOCOL_PREFIX + "/"):
+        # Open Inference Protocol, "Inference Response JSON Error Object": {"error": message}.
+        response = jsonify({"error": message})
+    else:
+        response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response
 

@@ -30,6 +30,14 @@ MODEL_VERSION = Gauge("model_serving_version", "The model version each worker se
                       multiprocess_mode="liveall")
 
 
+def count_classified(labels):
+    """Count classified images, one top-1 label each."""
+    labels = list(labels)
+    for label in labels:
+        PREDICTIONS.labels(label=label).inc()
+    IMAGES_CLASSIFIED.inc(len(labels))
+
+
 def record_model_load(model, seconds):
     """Note a newly served version and how long it took to load."""
     MODEL_LOAD_SECONDS.observe(seconds)

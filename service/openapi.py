@@ -2,6 +2,18 @@
 
 from service.images import SUPPORTED_FORMATS
 
+# Under /v2 errors take the Open Inference Protocol's own shape, {"error": "message"}.
+PROTOCOL_ERROR_STATUSES = {
+    "ProtocolBadRequest": "An inference request that cannot be read: JSON, tensors, datatype, "
+                          "shape, binary data, unknown input or output, or an undecodable image.",
+    "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY is configured.",
+    "ProtocolNotFound": "Unknown model, or a version that is not loaded.",
+    "ProtocolTooLarge": "Body, image or batch too large.",
+    "ProtocolUnsupportedMediaType": "Not an accepted Content-Type or Content-Encoding, or not an "
+                                    "image in a supported format.",
+    "ProtocolNotReady": "No model is loaded yet; retry shortly.",
+}
+
 ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
                   "invalid_base64, no_images, empty_image, corrupt_image).",
@@ -17,8 +29,11 @@ ERROR_STATUSES = {
 }
 
 
-def openapi_document(settings):
-    """Describe every route, request form, answer and error of this service."""
+def openapi_document(settings, served_version=None):
+    """Describe every route, request form, answer and error of this service.
+
+    `served_version`, when a model is loaded, is the one version the /v2 paths accept.
+    """
     return {
         "openapi": "3.0.3",
         "info": {
@@ -50,19 +65,27 @@ def openapi_document(settings):
             "/": {"get": _operation(
                 "page", "A small page to upload an image and see the answer.", "Page",
                 {"200": _content("The HTML page.", "text/html", {"type": "string"})})},
+            **_inference_protocol_paths(settings),
         },
         "components": {
-            "schemas": _schemas(settings.max_images_per_request),
-            "responses": {name: _json(description, "Error")
-                          for name, description in ERROR_STATUSES.items()},
-            "parameters": {"RequestId": {
+            "schemas": {**_schemas(settings.max_images_per_request),
+                        **_inference_protocol_schemas()},
+            "responses": {**{name: _json(description, "Error")
+                             for name, description in ERROR_STATUSES.items()},
+                          **{name: _json(description, "ProtocolError")
+                             for name, description in PROTOCOL_ERROR_STATUSES.items()}},
+            "parameters": {**_inference_protocol_parameters(settings, served_version),
+                           "RequestId": {
                 "name": "X-Request-ID", "in": "header", "required": False,
                 "description": "Your id for this request (1-128 of A-Z a-z 0-9 . _ : -), echoed "
                                "back and logged; otherwise the service makes one.",
                 "schema": {"type": "string"}}},
             "headers": {"RequestId": {
                 "description": "The request's id, as given or generated; it is in the log line.",
-                "required": True, "schema": {"type": "string", "minLength": 1}}},
+                "required": True, "schema": {"type": "string", "minLength": 1}},
+                "InferenceHeaderLength": {
+                    "description": "With binary outputs: the length of the JSON before them.",
+                    "required": False, "schema": {"type": "integer", "minimum": 1}}},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "Authorization: Bearer <API_KEY>"},
@@ -76,8 +99,6 @@ def _predict(settings):
     """The POST /predict operation: three body forms, top_k, the answer and its errors."""
     max_images = settings.max_images_per_request
     binary = {"type": "string", "format": "binary"}
-    # With an API key configured either scheme is required; without one, none is checked.
-    security = [{"bearer": []}, {"apiKey": []}]
     operation = _operation(
         "predict", "Classify one or more images.", "Predict",
         {"200": _json("One prediction per image, in the order sent.", "Prediction"),
@@ -87,7 +108,7 @@ def _predict(settings):
     operation["description"] = (
         f"Send up to {max_images} images (each at most {settings.max_image_pixels} pixels, the "
         f"body at most {settings.max_request_bytes} bytes) in {', '.join(SUPPORTED_FORMATS)}.")
-    operation["security"] = security if settings.api_key else [{}, *security]
+    operation["security"] = _security(settings)
     operation["parameters"].append({
         "name": "top_k", "in": "query", "required": False,
         "description": "How many labels to rank per image: 1 to the number of classes of the "
@@ -107,6 +128,12 @@ def _predict(settings):
     return operation
 
 
+def _security(settings):
+    """With an API key configured either scheme is required; without one, none is checked."""
+    security = [{"bearer": []}, {"apiKey": []}]
+    return security if settings.api_key else [{}, *security]
+
+
 def _ready(operation_id):
     """GET /health/ready and its alias GET /health."""
     return _operation(
@@ -115,10 +142,11 @@ def _ready(operation_id):
          "503": _json("No model is ready yet; the reason says why.", "NotReady")})
 
 
-def _operation(operation_id, summary, tag, responses):
+def _operation(operation_id, summary, tag, responses, parameters=()):
     """An operation that takes an optional X-Request-ID (every answer echoes it)."""
     return {"operationId": operation_id, "summary": summary, "tags": [tag],
-            "parameters": [{"$ref": "#/components/parameters/RequestId"}],
+            "parameters": [*({"$ref": f"#/components/parameters/{name}"} for name in parameters),
+                           {"$ref": "#/components/parameters/RequestId"}],
             "responses": responses}
 
 
@@ -171,3 +199,140 @@ def _object(properties):
     """A closed JSON object that requires every property listed."""
     return {"type": "object", "required": list(properties), "properties": properties,
             "additionalProperties": False}
+
+
+def _inference_protocol_paths(settings):
+    """The Open Inference Protocol (KServe V2) routes under /v2, with and without a version."""
+    model = "/v2/models/{name}"
+    versioned = model + "/versions/{version}"
+    paths = {
+        "/v2": {"get": _operation(
+            "v2_server_metadata", "Server Metadata: name, version and extensions.", "V2",
+            {"200": _json("The server's metadata.", "ServerMetadata")})},
+        "/v2/health/live": {"get": _operation(
+            "v2_server_live", "Server Live.", "V2",
+            {"200": _json("The server answers.", "Live2")})},
+        "/v2/health/ready": {"get": _operation(
+            "v2_server_ready", "Server Ready, told by the status code.", "V2",
+            {"200": _json("The model is loaded.", "Ready2"),
+             "503": _json("No model is loaded yet.", "Ready2")})},
+    }
+    for path, suffix, parameters in ((model, "", ["ModelName"]),
+                                     (versioned, "_version", ["ModelName", "ModelVersion"])):
+        errors = {"404": _protocol_error("ProtocolNotFound"),
+                  "503": _protocol_error("ProtocolNotReady")}
+        paths[path] = {"get": _operation(
+            "v2_model_metadata" + suffix, "Model Metadata: inputs and outputs.", "V2",
+            {"200": _json("The model's metadata.", "ModelMetadata"), **errors}, parameters)}
+        paths[path + "/ready"] = {"get": _operation(
+            "v2_model_ready" + suffix, "Model Ready, told by the status code.", "V2",
+            {"200": _json("The model is ready.", "ModelReady"),
+             "404": _protocol_error("ProtocolNotFound"),
+             "503": _json("No model is loaded yet.", "ModelReady")}, parameters)}
+        paths[path + "/infer"] = {"post": _infer(settings, "v2_infer" + suffix, parameters)}
+    return paths
+
+
+def _infer(settings, operation_id, parameters):
+    """POST .../infer: JSON, or JSON followed by binary tensor data."""
+    responses = {"200": {
+        **_json("The outputs, as JSON or followed by binary data.", "InferenceResponse"),
+        "headers": {"X-Request-ID": {"$ref": "#/components/headers/RequestId"},
+                    "Inference-Header-Content-Length": {
+                        "$ref": "#/components/headers/InferenceHeaderLength"}}}}
+    responses["200"]["content"]["application/octet-stream"] = {
+        "schema": {"type": "string", "format": "binary"}}
+    responses.update({status: _protocol_error(name) for status, name in (
+        ("400", "ProtocolBadRequest"), ("401", "ProtocolUnauthorized"),
+        ("404", "ProtocolNotFound"), ("413", "ProtocolTooLarge"),
+        ("415", "ProtocolUnsupportedMediaType"), ("503", "ProtocolNotReady"))})
+    operation = _operation(operation_id, "Inference: classify images or pixels.", "V2",
+                           responses, [*parameters, "InferenceHeaderLength"])
+    operation["description"] = (
+        f"One input: \"image\", BYTES [N] of encoded images ({', '.join(SUPPORTED_FORMATS)}; "
+        "base64 strings in JSON, raw in binary data), or \"pixels\", UINT8 [N, H, W, C] in the "
+        f"model's size. N is at most {settings.max_images_per_request}. Output "
+        "\"probabilities\", FP32 [N, classes], or with the classification parameter BYTES "
+        "\"<score>:<index>:<label>\" [N, K]. Binary tensor data: JSON first, its length in "
+        "Inference-Header-Content-Length, then each input's bytes (BYTES elements prefixed "
+        "by a 4-byte little-endian length).")
+    operation["security"] = _security(settings)
+    operation["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    return operation
+
+
+def _protocol_error(name):
+    """A reference to one of the /v2 error responses."""
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _inference_protocol_parameters(settings, served_version):
+    """The path parameters and the binary-data header of the /v2 routes."""
+    return {
+        "ModelName": {"name": "name", "in": "path", "required": True,
+                      "description": "The served model's name (MODEL_NAME); others are a 404.",
+                      "schema": {"type": "string", "enum": [settings.model_name]}},
+        "ModelVersion": {"name": "version", "in": "path", "required": True,
+                         "description": "The served version's number; others are a 404.",
+                         "schema": ({"type": "string", "enum": [str(served_version)]}
+                                    if served_version else
+                                    {"type": "string", "pattern": "^[0-9]+$"})},
+        "InferenceHeaderLength": {
+            "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+            "description": "Binary Tensor Data Extension: the JSON's length in bytes; the "
+                           "binary data of the inputs follows it in the body.",
+            "schema": {"type": "integer", "minimum": 1}},
+    }
+
+
+def _inference_protocol_schemas():
+    """The Open Inference Protocol's JSON objects, as this service reads and writes them."""
+    string, boolean = {"type": "string"}, {"type": "boolean"}
+    shape = {"type": "array", "items": {"type": "integer"}}
+    tensor = _object({"name": string, "datatype": string, "shape": shape})
+    parameters = {"type": "object", "additionalProperties": True}
+    datatypes = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                 "FP16", "FP32", "FP64", "BYTES"]
+    request_input = {
+        "type": "object", "required": ["name", "datatype", "shape"], "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "datatype": {"type": "string", "enum": datatypes},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "parameters": {**parameters, "properties": {
+                "binary_data_size": {"type": "integer", "minimum": 0}}},
+            "data": {"description": "Elements, flat or nested: base64 strings for BYTES, "
+                                    "0-255 for UINT8."}}}
+    request_output = {
+        "type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "parameters": {**parameters, "properties": {
+                "binary_data": boolean, "classification": {"type": "integer", "minimum": 0}}}}}
+    response_output = {
+        "type": "object", "required": ["name", "datatype", "shape"], "properties": {
+            "name": string, "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
+            "shape": shape, "parameters": parameters, "data": {"type": "array"}}}
+    return {
+        "InferenceRequest": {
+            "type": "object", "required": ["inputs"], "properties": {
+                "id": string,
+                "parameters": {**parameters, "properties": {"binary_data_output": boolean}},
+                "inputs": {"type": "array", "minItems": 1, "items": request_input},
+                "outputs": {"type": "array", "items": request_output}}},
+        "InferenceResponse": {
+            "type": "object", "required": ["model_name", "model_version", "outputs"],
+            "properties": {"model_name": string, "model_version": string, "id": string,
+                           "outputs": {"type": "array", "items": response_output}}},
+        "ServerMetadata": _object({"name": string, "version": string,
+                                   "extensions": {"type": "array", "items": string}}),
+        "ModelMetadata": _object({
+            "name": string, "versions": {"type": "array", "items": string}, "platform": string,
+            "inputs": {"type": "array", "items": tensor},
+            "outputs": {"type": "array", "items": tensor},
+            "parameters": _object({"classes": {"type": "array", "items": string}})}),
+        "Live2": _object({"live": boolean}),
+        "Ready2": _object({"ready": boolean}),
+        "ModelReady": _object({"name": string, "ready": boolean}),
+        "ProtocolError": _object({"error": string}),
+    }

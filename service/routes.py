@@ -1,7 +1,5 @@
 """The HTTP routes of DESIGN.md: predict, health, model, metrics, OpenAPI and the page."""
 
-import hmac
-
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
@@ -9,44 +7,10 @@ from service import metrics
 from service.errors import ApiError
 from service.images import decode_image
 from service.openapi import openapi_document
+from service.serving import check_api_key, serving_model, settings
 from service.uploads import read_uploads
 
 blueprint = Blueprint("api", __name__)
-
-FIRST_LOAD_WAIT_SECONDS = 30
-
-
-def settings():
-    """The Settings this app was created with."""
-    return current_app.config["SETTINGS"]
-
-
-def serving_model():
-    """The model that answers this request, or a 503 when none is ready."""
-    store = current_app.extensions["model_store"]
-    # A worker that is still loading its first model holds the request briefly instead of
-    # refusing it, so a multi-worker service does not answer 503 while its siblings serve.
-    model = store.wait_for_model(FIRST_LOAD_WAIT_SECONDS)
-    if model is None:
-        raise ApiError(503, "model_not_ready", f"No model is ready: {store.reason}. Retry shortly.")
-    return model
-
-
-def check_api_key():
-    """When API_KEY is set, require it as a Bearer token or an X-API-Key header."""
-    expected = settings().api_key.encode()
-    if not expected:
-        return
-    authorization = request.headers.get("Authorization", "")
-    offered = [request.headers.get("X-API-Key", "")]
-    if authorization[:7].lower() == "bearer ":
-        offered.append(authorization[7:].strip())
-    # Compare every offered key in constant time; either header may carry the right one.
-    matches = [hmac.compare_digest(key.encode(), expected) for key in offered]
-    if not any(matches):
-        raise ApiError(401, "unauthorized",
-                       "A valid API key is required: send 'Authorization: Bearer <key>' "
-                       "or 'X-API-Key: <key>'.")
 
 
 def parse_top_k(class_count):
@@ -82,8 +46,7 @@ def predict():
     for (filename, _), scores in zip(uploads, probabilities, strict=True):
         ranked = model.rank(scores, top_k)
         predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
-        metrics.PREDICTIONS.labels(label=ranked[0]["label"]).inc()
-    metrics.IMAGES_CLASSIFIED.inc(len(uploads))
+    metrics.count_classified(prediction["label"] for prediction in predictions)
     return jsonify({"model": {"name": model.name, "version": model.version},
                     "predictions": predictions})
 
@@ -124,7 +87,8 @@ def metrics_page():
 @blueprint.get("/openapi.json")
 def openapi():
     """The OpenAPI 3 description of this API."""
-    return jsonify(openapi_document(settings()))
+    model = current_app.extensions["model_store"].current
+    return jsonify(openapi_document(settings(), model.version if model else None))
 
 
 @blueprint.get("/")

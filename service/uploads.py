@@ -1,7 +1,6 @@
 """Read the images out of a /predict request, in any of its three accepted forms."""
 
 import base64
-import binascii
 import re
 
 from service.errors import ApiError
@@ -58,11 +57,17 @@ def _from_json(request):
 
 def _decode_base64(text, index):
     """Decode one base64 string or data: URL, naming its position when it is not valid."""
+    try:
+        return decode_base64(text)
+    except ValueError:
+        raise ApiError(400, "invalid_base64",
+                       f"images[{index}] is not valid base64.") from None
+
+
+def decode_base64(text):
+    """The bytes of a base64 string or data: URL (whitespace ignored); ValueError if invalid."""
     match = DATA_URL.match(text)
     if match:
         text = text[match.end():]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64",
-                       f"images[{index}] is not valid base64.") from None
+    # binascii.Error is a ValueError, and so is a non-ASCII character in the text.
+    return base64.b64decode("".join(text.split()), validate=True)

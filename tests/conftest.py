@@ -48,6 +48,18 @@ def start_service(tmp_path):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, trained_models):
+    """One service for a whole test module, with small limits so that they can be hit:
+    4 images per request, 2,000,000 bytes per body."""
+    models = tmp_path_factory.mktemp("module") / "models"
+    shutil.copytree(trained_models, models)
+    running = support.RunningService(models, models.parent / "service.log",
+                                     max_images_per_request=4, max_request_bytes=2_000_000)
+    yield running.wait_ready()
+    running.stop()
+
+
 @pytest.fixture
 def service(start_service, models_dir):
     """A running service with the tiny model, ready to answer."""

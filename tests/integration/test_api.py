@@ -6,7 +6,6 @@ and tests/unit/test_routes.py; here are the answers of a real model and what nee
 
 import base64
 import io
-import shutil
 
 import pytest
 import requests
@@ -15,17 +14,6 @@ from PIL import Image
 from tests import support
 
 RED = support.SHAPE_COLOURS["red"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, trained_models):
-    """One service for the whole module, with small limits so that they can be hit."""
-    models = tmp_path_factory.mktemp("api") / "models"
-    shutil.copytree(trained_models, models)
-    running = support.RunningService(models, models.parent / "service.log",
-                                     max_images_per_request=4, max_request_bytes=2_000_000)
-    yield running.wait_ready()
-    running.stop()
 
 
 def jpeg(colour=RED, size=24, seed=0):

@@ -1,5 +1,6 @@
 """The OpenAPI document is valid, covers every route, and the running service keeps to it."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,12 @@ from tests import support
 # Routes DESIGN.md promises, with their methods; the document must describe exactly these.
 ROUTES = {("/predict", "post"), ("/health/live", "get"), ("/health/ready", "get"),
           ("/health", "get"), ("/model", "get"), ("/metrics", "get"),
-          ("/openapi.json", "get"), ("/", "get")}
+          ("/openapi.json", "get"), ("/", "get"),
+          # The Open Inference Protocol's routes, each with and without a version.
+          ("/v2", "get"), ("/v2/health/live", "get"), ("/v2/health/ready", "get"),
+          *((f"/v2/models/{{name}}{version}{suffix}", method)
+            for version in ("", "/versions/{version}")
+            for suffix, method in (("", "get"), ("/ready", "get"), ("/infer", "post")))}
 
 # Responses must match the document in status, content type, headers and body; no 500;
 # invalid input must be refused; undeclared methods must answer 405.
@@ -25,10 +31,17 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
           "response_headers_conformance", "response_schema_conformance",
           "negative_data_rejection", "unsupported_method")
 
-# Invalid input may also be refused as too large (413) or not an image (415).
+# Invalid input may also be refused as too large (413) or not an image (415). A schema cannot
+# say "these bytes are a picture", so generated /v2 inference requests are refused (400, 415):
+# the warnings that say so are expected there.
 SCHEMATHESIS_CONFIG = """\
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "404", "405", "413", "415"]
+
+[[operations]]
+include-path-regex = "/infer$"
+warnings = ["missing_auth", "base_url_mismatch", "missing_deserializer", "unused_openapi_auth",
+            "unsupported_regex"]
 """
 
 
@@ -48,7 +61,9 @@ def test_the_document_lists_every_route_the_app_serves():
     from service.app import create_app
 
     app = create_app(Settings(), start_model_store=False)
-    served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+    # Flask writes a path parameter as <name>, OpenAPI as {name}.
+    served = {(re.sub(r"<(\w+)>", r"{\1}", rule.rule), method.lower())
+              for rule in app.url_map.iter_rules()
               if rule.endpoint != "static"
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == operations(openapi_document(Settings()))
@@ -100,8 +115,9 @@ def test_the_running_service_keeps_to_its_document(start_service, models_dir, tm
         key_options = ["--header", f"Authorization: Bearer {api_key}"]
     command = [*schemathesis_command(), "--config-file", str(config), "--no-color", "run",
                service.url("/openapi.json"), "--checks", ",".join(checks), *key_options,
-               # Bounded and repeatable: a fixed seed and a cap on cases per operation.
-               "--max-examples", "40", "--seed", "20261127", "--workers", "2",
+               # Bounded and repeatable: a fixed seed and a cap on cases per operation. One
+               # worker: CPython 3.11.7's ast.parse, which hypothesis calls, is not thread-safe.
+               "--max-examples", "40", "--seed", "20261127", "--workers", "1",
                "--generation-database", "none", "--request-timeout", "30",
                "--report", "junit", "--report-junit-path", str(report)]
     # Run from a scratch folder so nothing schemathesis writes lands in the work tree.
@@ -109,7 +125,9 @@ def test_the_running_service_keeps_to_its_document(start_service, models_dir, tm
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     assert "No issues found" in output, output[-3000:]
+    # The /v2 routes share path parameters, so schemathesis also chains them ("Stateful tests").
     tested = {case.get("name") for case in ElementTree.parse(report).iter("testcase")}
+    tested.discard("Stateful tests")
     # Schemathesis does not fuzz the route that serves the document it reads.
     assert tested == {f"{method.upper()} {path}" for path, method in ROUTES} - {"GET /openapi.json"}
     assert '"status": 500' not in service.log()

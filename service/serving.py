@@ -1,0 +1,42 @@
+"""What every route that serves the model shares: settings, the serving model and the API key."""
+
+import hmac
+
+from flask import current_app, request
+
+from service.errors import ApiError
+
+FIRST_LOAD_WAIT_SECONDS = 30
+
+
+def settings():
+    """The Settings this app was created with."""
+    return current_app.config["SETTINGS"]
+
+
+def serving_model():
+    """The model that answers this request, or a 503 when none is ready."""
+    store = current_app.extensions["model_store"]
+    # A worker that is still loading its first model holds the request briefly instead of
+    # refusing it, so a multi-worker service does not answer 503 while its siblings serve.
+    model = store.wait_for_model(FIRST_LOAD_WAIT_SECONDS)
+    if model is None:
+        raise ApiError(503, "model_not_ready", f"No model is ready: {store.reason}. Retry shortly.")
+    return model
+
+
+def check_api_key():
+    """When API_KEY is set, require it as a Bearer token or an X-API-Key header."""
+    expected = settings().api_key.encode()
+    if not expected:
+        return
+    authorization = request.headers.get("Authorization", "")
+    offered = [request.headers.get("X-API-Key", "")]
+    if authorization[:7].lower() == "bearer ":
+        offered.append(authorization[7:].strip())
+    # Compare every offered key in constant time; either header may carry the right one.
+    matches = [hmac.compare_digest(key.encode(), expected) for key in offered]
+    if not any(matches):
+        raise ApiError(401, "unauthorized",
+                       "A valid API key is required: send 'Authorization: Bearer <key>' "
+                       "or 'X-API-Key: <key>'.")
