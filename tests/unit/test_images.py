@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import ApiError
-from service.images import decode_image
+from service.errors import as_api_error
+from service.images import ImageError, decode_image
 from tests.support import encode
 
 LIMIT = 40_000_000
@@ -91,9 +91,10 @@ def test_large_pictures_are_resized_to_the_model_input():
 
 
 def error_of(data, **limits):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ImageError) as caught:
         decode_image(data, 8, 8, 3, limits.get("max_pixels", LIMIT))
-    return caught.value.status, caught.value.code
+    answer = as_api_error(caught.value)
+    return answer.status, answer.code
 
 
 def test_an_empty_upload_is_a_bad_request():
