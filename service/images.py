@@ -17,8 +17,10 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # Transparent pixels are composited on white, the colour a viewer shows them on.
 BACKGROUND = (255, 255, 255)
 
-# Pillow's own bomb guard is replaced by the explicit pixel limit checked below.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow refuses pictures of more than twice this many pixels (100 million, training's
+# limit) from inside its readers, before the caller's own limit can be checked: a GIF of
+# 729 bytes can declare a frame canvas of billions of pixels that Pillow would allocate.
+Image.MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageError(Exception):
@@ -63,6 +65,9 @@ def _reading_untrusted_bytes(message):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
+    except Image.DecompressionBombError:
+        raise ImageError("too_large", f"The image declares more than {2 * Image.MAX_IMAGE_PIXELS} "
+                                      "pixels in one frame; send a smaller picture.") from None
     except UnidentifiedImageError:
         raise ImageError("unsupported", "This is not an image in a supported format "
                                         f"({', '.join(SUPPORTED_FORMATS)}).") from None

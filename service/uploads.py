@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import json
 import re
 
 
@@ -42,7 +43,8 @@ def _from_form(request):
     """Every file part of a multipart form, in the order sent."""
     uploads = [(file.filename or None, file.read()) for _, file in request.files.items(multi=True)]
     if not uploads:
-        fields = ", ".join(sorted(request.form.keys())) or "none"
+        # A part's Content-Disposition may carry no name at all: its key is then None.
+        fields = ", ".join(sorted(name for name in request.form.keys() if name)) or "none"
         raise UploadError("no_images",
                           f"The form has no file parts (text fields: {fields}); attach each image "
                           "as a file, e.g. curl -F file=@cat.jpg.")
@@ -51,7 +53,10 @@ def _from_form(request):
 
 def _from_json(request):
     """The base64 strings or data: URLs of a JSON body's "images" list."""
-    body = request.get_json(silent=True)
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        body = None
     if not isinstance(body, dict):
         raise UploadError("invalid_json",
                           'The body is not a JSON object; send {"images": ["<base64>", ...]}.')

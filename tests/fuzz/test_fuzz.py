@@ -1,0 +1,44 @@
+"""CI's short fuzz run: every target for FUZZ_SECONDS (30) with a fixed seed; a finding fails."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fuzz.runner import REGRESSIONS_DIR, target_names
+from tests.support import ROOT
+
+pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
+
+SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
+# libFuzzer's own lines that say what went wrong; Pillow and libtiff print much besides.
+REPORT_MARKERS = ("=== Uncaught Python exception", "ERROR: libFuzzer", "Traceback", "Error",
+                  "File \"", "SUMMARY:", "Test unit written")
+
+
+def report(target, status, findings, log):
+    """What a failing run found, where its input is saved, and how to keep it as a regression."""
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if line.startswith(REPORT_MARKERS) or line.startswith("    ")]
+    shown = "\n".join(lines[-60:])
+    saved = "\n".join(f"  {path} ({path.stat().st_size} bytes): {path.read_bytes()[:160]!r}"
+                      for path in findings)
+    return (f"fuzz target {target} exited with {status}; the input(s) that failed it:\n{saved}\n"
+            f"{shown}\nFix the cause, then keep the input: "
+            f"cp <input> {REGRESSIONS_DIR / target}/<what-it-is>  (full log: {log})")
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("target", target_names())
+def test_a_short_fuzz_run_finds_nothing(target, tmp_path):
+    findings, log = tmp_path / "findings", tmp_path / "fuzz.log"
+    findings.mkdir()
+    command = [sys.executable, "-m", "tests.fuzz", target, "-seed=1",
+               f"-max_total_time={SECONDS}", "-timeout=20", "-rss_limit_mb=2048",
+               f"-artifact_prefix={findings}/", str(tmp_path / "corpus")]
+    with open(log, "wb") as output:
+        status = subprocess.run(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                timeout=SECONDS + 120).returncode
+    found = sorted(findings.iterdir())
+    assert status == 0 and not found, report(target, status, found, log)
