@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.errors import as_api_error
 from service.images import ImageError, decode_image
-from tests.support import encode
+from tests.support import ROOT, encode
 
 LIMIT = 40_000_000
 
@@ -137,3 +137,9 @@ def test_the_pixel_limit_is_a_setting():
     data = encode(solid("RGB", (5, 5, 5), (100, 100)), "PNG")
     assert error_of(data, max_pixels=9_999) == (413, "image_too_large")
     assert decode_image(data, 8, 8, 3, 10_000).shape == (8, 8, 3)
+
+
+def test_a_frame_canvas_of_billions_of_pixels_is_refused_inside_pillow():
+    # 729 bytes that a fuzzer found: a GIF frame whose extent Pillow would allocate whole.
+    data = (ROOT / "tests/fuzz/regressions/decode_image/gif-frame-canvas-of-7-gigapixels.gif")
+    assert error_of(data.read_bytes()) == (413, "image_too_large")
