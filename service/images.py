@@ -17,6 +17,10 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # Transparent pixels are composited on white, the colour a viewer shows them on.
 BACKGROUND = (255, 255, 255)
 
+# Modes a TIFF may decode to that Pillow converts to just one other mode: grey with
+# premultiplied alpha, and CIELab colour.
+ONLY_CONVERTS_TO = {"La": "LA", "LAB": "RGB"}
+
 # Pillow refuses pictures of more than twice this many pixels (100 million, training's
 # limit) from inside its readers, before the caller's own limit can be checked: a GIF of
 # 729 bytes can declare a frame canvas of billions of pixels that Pillow would allocate.
@@ -88,6 +92,8 @@ def _first_frame_upright(image, mode, size):
 
 def _to_mode(image, mode):
     """Convert any Pillow mode to `mode` ("RGB" or "L"), flattening transparency."""
+    if image.mode in ONLY_CONVERTS_TO:
+        image = image.convert(ONLY_CONVERTS_TO[image.mode])
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         # Wide integer and float pixels: scale 16-bit ranges down instead of clipping them.
         values = np.asarray(image, dtype=np.float32)

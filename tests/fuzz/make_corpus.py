@@ -50,6 +50,13 @@ def rotated_exif():
     return exif
 
 
+def premultiplied_alpha(tiff):
+    """A little-endian grey+alpha TIFF whose ExtraSamples tag says the alpha is premultiplied."""
+    unassociated = b"\x52\x01\x03\x00\x01\x00\x00\x00\x02\x00"
+    assert tiff.count(unassociated) == 1
+    return tiff.replace(unassociated, unassociated[:-2] + b"\x01\x00")
+
+
 def image_seeds():
     """{file name: bytes} of small images in every accepted format."""
     transparent_p = picture("P")
@@ -92,6 +99,8 @@ def image_seeds():
         "cmyk.tif": save(picture("CMYK"), "TIFF"),
         "palette.tif": save(picture("P"), "TIFF"),
         "la.tif": save(picture("LA"), "TIFF"),
+        "lab.tif": save(picture("RGB").convert("LAB"), "TIFF"),
+        "premultiplied-la.tif": premultiplied_alpha(save(picture("LA"), "TIFF")),
         "bilevel-g4.tif": save(picture("1"), "TIFF", compression="group4"),
         "exif-rotated.tif": save(picture("RGB"), "TIFF", tiffinfo={ORIENTATION: 6}),
         "two-pages.tif": save(picture("RGB"), "TIFF", save_all=True,

@@ -143,3 +143,10 @@ def test_a_frame_canvas_of_billions_of_pixels_is_refused_inside_pillow():
     # 729 bytes that a fuzzer found: a GIF frame whose extent Pillow would allocate whole.
     data = (ROOT / "tests/fuzz/regressions/decode_image/gif-frame-canvas-of-7-gigapixels.gif")
     assert error_of(data.read_bytes()) == (413, "image_too_large")
+
+
+@pytest.mark.parametrize("name", ["lab.tif", "premultiplied-la.tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiff_modes_that_pillow_converts_only_one_way_are_decoded(name, channels):
+    data = (ROOT / "tests/fuzz/corpus/decode_image" / name).read_bytes()
+    assert decode(data, channels=channels).shape == (8, 8, channels)
