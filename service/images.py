@@ -17,6 +17,8 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # Transparent pixels are composited on white, the colour a viewer shows them on.
 BACKGROUND = (255, 255, 255)
 
+UNDECODABLE = "The image data is damaged or truncated and could not be decoded."
+
 # Modes a TIFF may decode to that Pillow converts to just one other mode: grey with
 # premultiplied alpha, and CIELab colour.
 ONLY_CONVERTS_TO = {"La": "LA", "LAB": "RGB"}
@@ -28,7 +30,7 @@ Image.MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageError(Exception):
-    """Bytes that are not a usable picture; `kind` is empty, unsupported, too_large or undecodable."""
+    """Bytes that are no usable picture; `kind`: empty, unsupported, too_large or undecodable."""
 
     def __init__(self, kind, message):
         super().__init__(message)
@@ -49,7 +51,7 @@ def decode_image(data, height, width, channels, max_pixels):
         raise ImageError("too_large", f"The image has {image.width}x{image.height} pixels; "
                                       f"the limit is {max_pixels} pixels in all.")
     mode = "RGB" if channels == 3 else "L"
-    with _reading_untrusted_bytes("The image data is damaged or truncated and could not be decoded."):
+    with _reading_untrusted_bytes(UNDECODABLE):
         image = _first_frame_upright(image, mode, (width, height))
     image = _to_mode(image, mode)
     if image.size != (width, height):

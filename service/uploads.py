@@ -64,7 +64,8 @@ def _from_json(request):
     if not isinstance(images, list) or not all(isinstance(item, str) for item in images):
         keys = ", ".join(sorted(map(str, body.keys()))) or "none"
         raise UploadError("invalid_json",
-                          f'The JSON needs "images": a list of base64 strings (found keys: {keys}).')
+                          'The JSON needs "images": a list of base64 strings '
+                          f"(found keys: {keys}).")
     return [(None, _decode_base64(item, index)) for index, item in enumerate(images)]
 
 

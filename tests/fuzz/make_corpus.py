@@ -99,7 +99,7 @@ def image_seeds():
         "cmyk.tif": save(picture("CMYK"), "TIFF"),
         "palette.tif": save(picture("P"), "TIFF"),
         "la.tif": save(picture("LA"), "TIFF"),
-        "lab.tif": save(picture("RGB").convert("LAB"), "TIFF"),
+        "lab.tif": save(Image.frombytes("LAB", (8, 6), picture("RGB").tobytes()), "TIFF"),
         "premultiplied-la.tif": premultiplied_alpha(save(picture("LA"), "TIFF")),
         "bilevel-g4.tif": save(picture("1"), "TIFF", compression="group4"),
         "exif-rotated.tif": save(picture("RGB"), "TIFF", tiffinfo={ORIENTATION: 6}),
@@ -116,7 +116,8 @@ def multipart(parts, boundary="fuzzbound"):
         body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
                  + ("Content-Type: image/png\r\n" if filename else "") + "\r\n").encode()
         body += content + b"\r\n"
-    return f"multipart/form-data; boundary={boundary}".encode(), body + f"--{boundary}--\r\n".encode()
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}".encode(), body
 
 
 def upload_seeds():

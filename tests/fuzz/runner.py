@@ -2,9 +2,10 @@
 
 A target is a module in tests/fuzz/targets/ with `test_one_input(data)`, which hands the bytes
 to one parser of untrusted input; optionally `DICTIONARY`, a file of tokens in dictionaries/,
-and `replay(base_url, data)`, which sends an input to a running service (test_regressions.py). The judgement is the same for all of them: the only
-exceptions allowed out are the service's own client errors (a 4xx answer); anything else is
-a finding, and libFuzzer saves the input that caused it. Seeds are read from
+and `replay(base_url, data)`, which sends an input to a running service (test_regressions.py).
+The judgement is the same for all of them: the only exceptions allowed out are the service's
+own client errors (a 4xx answer); anything else is a finding, and libFuzzer saves the input
+that caused it. Seeds are read from
 tests/fuzz/corpus/TARGET/ (made by make_corpus.py) and are never written to: the inputs
 the fuzzer finds interesting go to the corpus folder given, or to a temporary one.
 """

@@ -16,7 +16,7 @@ def saved_inputs(target):
 
 
 def is_error_body(response):
-    """The JSON error of DESIGN.md: {"error": {"code", "message"}}, or the OIP's {"error": "..."}."""
+    """DESIGN.md's JSON error {"error": {"code", "message"}}, or the OIP's {"error": "..."}."""
     if response.headers.get("Content-Type") != "application/json":
         return False
     error = response.json().get("error")
@@ -33,7 +33,8 @@ def test_every_input_a_fuzzer_found_is_answered_with_a_client_error(service):
             response = replay(service.base_url, path.read_bytes())
             replayed += 1
             if not (400 <= response.status_code < 500 and is_error_body(response)):
-                failures.append(f"{target}/{path.name}: {response.status_code} {response.text[:300]}")
+                failures.append(f"{target}/{path.name}: {response.status_code} "
+                                f"{response.text[:300]}")
     assert replayed >= 3
     assert not failures, "\n".join(failures)
     assert '"status": 500' not in service.log()
