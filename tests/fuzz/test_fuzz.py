@@ -37,8 +37,10 @@ def test_a_short_fuzz_run_finds_nothing(target, tmp_path):
     command = [sys.executable, "-m", "tests.fuzz", target, "-seed=1",
                f"-max_total_time={SECONDS}", "-timeout=20", "-rss_limit_mb=2048",
                f"-artifact_prefix={findings}/", str(tmp_path / "corpus")]
+    # libFuzzer exits without Python's clean-up: the target's temporary files stay in tmp_path.
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
     with open(log, "wb") as output:
-        status = subprocess.run(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-                                timeout=SECONDS + 120).returncode
+        status = subprocess.run(command, cwd=ROOT, env=environment, stdout=output,
+                                stderr=subprocess.STDOUT, timeout=SECONDS + 120).returncode
     found = sorted(findings.iterdir())
     assert status == 0 and not found, report(target, status, found, log)
