@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.images import decode_image
+from service.images import ImageError, decode_image
 
 # Training reads pictures of any size, but not decompression bombs.
 MAX_TRAINING_PIXELS = 100_000_000
@@ -93,7 +93,7 @@ def load_image_folder(data_dir: str, image_size: int | None = None,
             with open(path, "rb") as file:
                 data = file.read()
             return decode_image(data, image_size, image_size, channels, MAX_TRAINING_PIXELS)
-        except Exception:
+        except (OSError, ImageError):
             return None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

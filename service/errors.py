@@ -1,7 +1,25 @@
-"""The one error type and JSON error body every route answers with."""
+"""The edge where errors become HTTP: the one JSON error body every route answers with.
+
+Below this layer, code raises domain errors that know nothing of HTTP (ImageError,
+UploadError, TensorError); the table here decides the status and code a client sees for each.
+"""
 
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from service.images import ImageError
+from service.tensors import INVALID, TensorError
+from service.uploads import UploadError
+
+# Each domain error kind's HTTP status and error code.
+DOMAIN_ERRORS = {
+    ImageError: {"empty": (400, "empty_image"), "undecodable": (400, "corrupt_image"),
+                 "unsupported": (415, "unsupported_image"), "too_large": (413, "image_too_large")},
+    UploadError: {"invalid_json": (400, "invalid_json"), "invalid_base64": (400, "invalid_base64"),
+                  "no_images": (400, "no_images"), "too_many_images": (413, "too_many_images"),
+                  "unsupported_media_type": (415, "unsupported_media_type")},
+    TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
+}
 
 
 class ApiError(Exception):
@@ -16,6 +34,10 @@ class ApiError(Exception):
 
 # Routes of the Open Inference Protocol answer errors in the protocol's own shape.
 INFERENCE_PROTOCOL_PREFIX = "/v2"
+def as_api_error(error):
+    """The client-facing ApiError for a domain error raised below the HTTP layer."""
+    status, code = DOMAIN_ERRORS[type(error)][error.kind]
+    return ApiError(status, code, str(error))
 
 
 def error_response(status, code, message):
@@ -36,6 +58,12 @@ def register_error_handlers(app):
     @app.errorhandler(ApiError)
     def handle_api_error(error):
         return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(ImageError)
+    @app.errorhandler(UploadError)
+    @app.errorhandler(TensorError)
+    def handle_domain_error(error):
+        return handle_api_error(as_api_error(error))
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error):

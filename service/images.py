@@ -4,13 +4,12 @@ Training reads its image folders through this module too, so a picture is
 turned into pixels the same way when the model learns and when it serves.
 """
 
+import contextlib
 import io
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from service.errors import ApiError
 
 # The formats a client may send; anything else Pillow happens to read is refused.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
@@ -18,56 +17,85 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # Transparent pixels are composited on white, the colour a viewer shows them on.
 BACKGROUND = (255, 255, 255)
 
-# Pillow's own bomb guard is replaced by the explicit pixel limit checked below.
-Image.MAX_IMAGE_PIXELS = None
+UNDECODABLE = "The image data is damaged or truncated and could not be decoded."
+
+# Modes a TIFF may decode to that Pillow converts to just one other mode: grey with
+# premultiplied alpha, and CIELab colour.
+ONLY_CONVERTS_TO = {"La": "LA", "LAB": "RGB"}
+
+# Pillow refuses pictures of more than twice this many pixels (100 million, training's
+# limit) from inside its readers, before the caller's own limit can be checked: a GIF of
+# 729 bytes can declare a frame canvas of billions of pixels that Pillow would allocate.
+Image.MAX_IMAGE_PIXELS = 50_000_000
+
+
+class ImageError(Exception):
+    """Bytes that are no usable picture; `kind`: empty, unsupported, too_large or undecodable."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
 
 
 def decode_image(data, height, width, channels, max_pixels):
     """Return the image in `data` as a (height, width, channels) uint8 array."""
     if not data:
-        raise ApiError(400, "empty_image", "The image is empty: send the bytes of a picture.")
-    try:
+        raise ImageError("empty", "The image is empty: send the bytes of a picture.")
+    with _reading_untrusted_bytes("The image header could not be read."):
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ApiError(415, "unsupported_image",
-                       "This is not an image in a supported format "
-                       f"({', '.join(SUPPORTED_FORMATS)}).") from None
-    except Exception:
-        raise ApiError(400, "corrupt_image", "The image header could not be read.") from None
     if image.format not in SUPPORTED_FORMATS:
-        raise ApiError(415, "unsupported_image",
-                       f"{image.format} images are not supported; "
-                       f"send one of {', '.join(SUPPORTED_FORMATS)}.")
+        raise ImageError("unsupported", f"{image.format} images are not supported; "
+                                        f"send one of {', '.join(SUPPORTED_FORMATS)}.")
     pixels = image.width * image.height
     if pixels > max_pixels:
-        raise ApiError(413, "image_too_large",
-                       f"The image has {image.width}x{image.height} pixels; "
-                       f"the limit is {max_pixels} pixels in all.")
+        raise ImageError("too_large", f"The image has {image.width}x{image.height} pixels; "
+                                      f"the limit is {max_pixels} pixels in all.")
+    mode = "RGB" if channels == 3 else "L"
+    with _reading_untrusted_bytes(UNDECODABLE):
+        image = _first_frame_upright(image, mode, (width, height))
+    image = _to_mode(image, mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+
+
+@contextlib.contextmanager
+def _reading_untrusted_bytes(message):
+    """Turn whatever Pillow raises while it parses a client's bytes into an ImageError.
+
+    Its decoders raise nearly any type on crafted input (OSError, ValueError, TypeError,
+    struct.error, SyntaxError, EOFError, IndexError, ...), so only calls into Pillow run here:
+    our own code stays outside, where a bug still shows as a bug.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _to_array(image, height, width, channels)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        raise ApiError(400, "corrupt_image",
-                       "The image data is damaged or truncated and could not be decoded.") from None
+            yield
+    except Image.DecompressionBombError:
+        raise ImageError("too_large", f"The image declares more than {2 * Image.MAX_IMAGE_PIXELS} "
+                                      "pixels in one frame; send a smaller picture.") from None
+    except UnidentifiedImageError:
+        raise ImageError("unsupported", "This is not an image in a supported format "
+                                        f"({', '.join(SUPPORTED_FORMATS)}).") from None
+    except Exception:
+        raise ImageError("undecodable", message) from None
 
 
-def _to_array(image, height, width, channels):
-    """Decode the first frame, upright, in the model's channels and size."""
+def _first_frame_upright(image, mode, size):
+    """Decode the first frame into memory, turned the way its EXIF orientation says."""
     if image.format == "JPEG":
         # Let libjpeg decode at a reduced scale when the picture is much larger than needed.
-        image.draft("RGB" if channels == 3 else "L", (width, height))
+        image.draft(mode, size)
     image.seek(0)
     image = ImageOps.exif_transpose(image)
-    image = _to_mode(image, "RGB" if channels == 3 else "L")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return array.reshape(height, width, channels)
+    image.load()
+    return image
 
 
 def _to_mode(image, mode):
     """Convert any Pillow mode to `mode` ("RGB" or "L"), flattening transparency."""
+    if image.mode in ONLY_CONVERTS_TO:
+        image = image.convert(ONLY_CONVERTS_TO[image.mode])
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         # Wide integer and float pixels: scale 16-bit ranges down instead of clipping them.
         values = np.asarray(image, dtype=np.float32)

@@ -11,11 +11,10 @@ import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
 from service import metrics
-from service.errors import ApiError, error_response
+from service.errors import ApiError
 from service.images import decode_image
 from service.serving import check_api_key, serving_model, settings
 from service.tensors import (
-    INVALID,
     OutputTensor,
     RequestedOutput,
     TensorError,
@@ -35,16 +34,6 @@ IMAGE_INPUT, PIXELS_INPUT, OUTPUT = "image", "pixels", "probabilities"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Triton's clients send no Content-Type; JSON and binary bodies may also say what they are.
 BODY_TYPES = ("", "application/json", "application/octet-stream")
-
-
-# Each TensorError kind's HTTP status.
-TENSOR_ERROR_STATUSES = {INVALID: 400, "too_many_images": 413}
-
-
-@blueprint.errorhandler(TensorError)
-def tensor_error(error):
-    """An unusable inference request: the protocol's {"error": message} with its status."""
-    return error_response(TENSOR_ERROR_STATUSES[error.kind], error.kind, error.message)
 
 
 @blueprint.get("")

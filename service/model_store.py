@@ -49,8 +49,9 @@ class ServingModel:
             self.classes = [str(label) for label in self.metadata["classes"]]
             shape = self.metadata["input"]
             self.input_shape = (int(shape["height"]), int(shape["width"]), int(shape["channels"]))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ModelLoadError(f"unreadable {METADATA_FILE}: {error}") from None
+        # Whatever the file holds: int(1e999) overflows, and json recurses on deep nesting.
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
+            raise ModelLoadError(f"unreadable {METADATA_FILE}: {error!r}") from None
         try:
             self.model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
         except Exception as error:

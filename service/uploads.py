@@ -1,11 +1,18 @@
 """Read the images out of a /predict request, in any of its three accepted forms."""
 
 import base64
+import json
 import re
 
-from service.errors import ApiError
-
 DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[^,]*)?,", re.ASCII)
+
+
+class UploadError(Exception):
+    """A request whose body holds no usable images; `kind` is the snake_case error code."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
 
 
 def read_uploads(request, max_images):
@@ -18,15 +25,15 @@ def read_uploads(request, max_images):
     elif content_type == "application/json":
         uploads = _from_json(request)
     else:
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type {content_type or '(none)'!r} is not accepted: send "
-                       "multipart/form-data file parts, a raw image/* body, or JSON "
-                       '{"images": ["<base64>"]}.')
+        raise UploadError("unsupported_media_type",
+                          f"Content-Type {content_type or '(none)'!r} is not accepted: send "
+                          "multipart/form-data file parts, a raw image/* body, or JSON "
+                          '{"images": ["<base64>"]}.')
     if not uploads:
-        raise ApiError(400, "no_images", "The request holds no image.")
+        raise UploadError("no_images", "The request holds no image.")
     if len(uploads) > max_images:
-        raise ApiError(413, "too_many_images",
-                       f"The request holds {len(uploads)} images; the limit is {max_images}.")
+        raise UploadError("too_many_images",
+                          f"The request holds {len(uploads)} images; the limit is {max_images}.")
     return uploads
 
 
@@ -34,24 +41,29 @@ def _from_form(request):
     """Every file part of a multipart form, in the order sent."""
     uploads = [(file.filename or None, file.read()) for _, file in request.files.items(multi=True)]
     if not uploads:
-        fields = ", ".join(sorted(request.form.keys())) or "none"
-        raise ApiError(400, "no_images",
-                       f"The form has no file parts (text fields: {fields}); attach each image "
-                       "as a file, e.g. curl -F file=@cat.jpg.")
+        # A part's Content-Disposition may carry no name at all: its key is then None.
+        fields = ", ".join(sorted(name for name in request.form.keys() if name)) or "none"
+        raise UploadError("no_images",
+                          f"The form has no file parts (text fields: {fields}); attach each image "
+                          "as a file, e.g. curl -F file=@cat.jpg.")
     return uploads
 
 
 def _from_json(request):
     """The base64 strings or data: URLs of a JSON body's "images" list."""
-    body = request.get_json(silent=True)
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        body = None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json",
-                       'The body is not a JSON object; send {"images": ["<base64>", ...]}.')
+        raise UploadError("invalid_json",
+                          'The body is not a JSON object; send {"images": ["<base64>", ...]}.')
     images = body.get("images")
     if not isinstance(images, list) or not all(isinstance(item, str) for item in images):
         keys = ", ".join(sorted(map(str, body.keys()))) or "none"
-        raise ApiError(400, "invalid_json",
-                       f'The JSON needs "images": a list of base64 strings (found keys: {keys}).')
+        raise UploadError("invalid_json",
+                          'The JSON needs "images": a list of base64 strings '
+                          f"(found keys: {keys}).")
     return [(None, _decode_base64(item, index)) for index, item in enumerate(images)]
 
 
@@ -60,8 +72,8 @@ def _decode_base64(text, index):
     try:
         return decode_base64(text)
     except ValueError:
-        raise ApiError(400, "invalid_base64",
-                       f"images[{index}] is not valid base64.") from None
+        raise UploadError("invalid_base64",
+                          f"images[{index}] is not valid base64.") from None
 
 
 def decode_base64(text):

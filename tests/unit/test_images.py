@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import ApiError
-from service.images import decode_image
-from tests.support import encode
+from service.errors import as_api_error
+from service.images import ImageError, decode_image
+from tests.support import ROOT, encode
 
 LIMIT = 40_000_000
 
@@ -91,9 +91,10 @@ def test_large_pictures_are_resized_to_the_model_input():
 
 
 def error_of(data, **limits):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ImageError) as caught:
         decode_image(data, 8, 8, 3, limits.get("max_pixels", LIMIT))
-    return caught.value.status, caught.value.code
+    answer = as_api_error(caught.value)
+    return answer.status, answer.code
 
 
 def test_an_empty_upload_is_a_bad_request():
@@ -136,3 +137,16 @@ def test_the_pixel_limit_is_a_setting():
     data = encode(solid("RGB", (5, 5, 5), (100, 100)), "PNG")
     assert error_of(data, max_pixels=9_999) == (413, "image_too_large")
     assert decode_image(data, 8, 8, 3, 10_000).shape == (8, 8, 3)
+
+
+def test_a_frame_canvas_of_billions_of_pixels_is_refused_inside_pillow():
+    # 729 bytes that a fuzzer found: a GIF frame whose extent Pillow would allocate whole.
+    data = (ROOT / "tests/fuzz/regressions/decode_image/gif-frame-canvas-of-7-gigapixels.gif")
+    assert error_of(data.read_bytes()) == (413, "image_too_large")
+
+
+@pytest.mark.parametrize("name", ["lab.tif", "premultiplied-la.tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiff_modes_that_pillow_converts_only_one_way_are_decoded(name, channels):
+    data = (ROOT / "tests/fuzz/corpus/decode_image" / name).read_bytes()
+    assert decode(data, channels=channels).shape == (8, 8, channels)

@@ -1,0 +1,49 @@
+"""Fuzz target: the metadata.json of a version folder that the service's model poller reads.
+
+A version with hostile metadata must be skipped with a logged reason; the poll itself must
+neither raise nor serve it. The folder's model.keras is not a model, so no input can load.
+"""
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
+
+from service.model_store import ModelStore
+
+DICTIONARY = "json.dict"
+
+
+class Records(logging.Handler):
+    """Keeps the service's log records instead of printing them (thousands a second)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@functools.cache
+def versions_folder():
+    """A folder with one version, 1, whose model.keras is not a model; and the log's records."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-model-store-"))
+    (folder / "1").mkdir()
+    (folder / "1" / "model.keras").write_bytes(b"PK\x03\x04 not a model")
+    log = Records()
+    logging.getLogger("service").addHandler(log)
+    logging.getLogger("service").propagate = False
+    return folder, log
+
+
+def test_one_input(data):
+    """Poll a folder whose one version holds `data` as its metadata.json."""
+    folder, log = versions_folder()
+    (folder / "1" / "metadata.json").write_bytes(data)
+    log.records.clear()
+    store = ModelStore(str(folder))
+    if store.refresh() or store.current is not None:
+        raise AssertionError("a version whose model.keras is not a model was served")
+    if not any(getattr(record, "model_version", None) == 1 for record in log.records):
+        raise AssertionError("the version was skipped without a logged reason")
