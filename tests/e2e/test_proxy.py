@@ -280,6 +280,12 @@ def test_a_request_id_passes_through_to_the_api_log_with_the_real_client(stack):
     assert api_line["client"] == proxy_line["client"] != proxy_address
 
 
+def test_metrics_are_open_through_the_proxy_by_default(stack):
+    response = stack.http.get(stack.url("/metrics"), timeout=10)
+    assert response.status_code == 200
+    assert "http_requests_total" in response.text
+
+
 def test_nginx_makes_a_request_id_when_none_or_a_bad_one_is_sent(stack):
     for sent in (None, "no spaces <here>"):
         response = post_image(stack.http, stack, request_id=sent)
@@ -383,3 +389,20 @@ def test_with_no_replica_left_the_proxy_answers_json_502(stack):
     assert response.status_code == 502, response.text
     assert response.headers["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "api_unavailable"
+
+
+def test_metrics_can_be_closed_to_other_addresses(stack):
+    stack.environment["METRICS_ALLOW"] = "192.0.2.1"
+    stack.compose("up", "--detach", "--no-build", "--no-deps", "proxy", timeout=120)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            response = stack.http.get(stack.url("/metrics"), timeout=5)
+            if response.status_code == 403:
+                break
+        except requests.ConnectionError:
+            pass  # the new proxy container is starting
+        assert time.monotonic() < deadline, "the proxy never refused /metrics"
+        time.sleep(0.5)
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "forbidden"
