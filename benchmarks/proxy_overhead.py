@@ -8,7 +8,6 @@ both, alternating, for --rounds rounds, and prints a table. COMPOSE_FILE, when s
 honoured (the override is added to it). The load generator is wrk (apt-get install -y wrk).
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -18,6 +17,7 @@ import time
 
 from benchmarks import load
 from benchmarks.run_benchmark import ROOT, prepare_images
+from benchmarks.sample import image_parser
 
 OVERRIDE = os.path.join("benchmarks", "compose-direct.yml")
 TARGETS = ("proxy", "direct")
@@ -25,13 +25,7 @@ TARGETS = ("proxy", "direct")
 
 def parse_args(argv):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy_overhead",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--archive", help="a .tar.gz of class folders of JPEGs to sample from")
-    source.add_argument("--images", help="a folder of JPEGs (searched recursively)")
-    parser.add_argument("--sample", type=int, default=1000, help="images to use (1000)")
+    parser = image_parser("python -m benchmarks.proxy_overhead", __doc__)
     parser.add_argument("--clients", default="1,32", help="levels of clients (1,32)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per measurement (10)")
     parser.add_argument("--warmup-seconds", type=int, default=3, help="seconds of warm-up (3)")
