@@ -17,7 +17,7 @@ import time
 from benchmarks import load, report
 from benchmarks.processes import (MemoryWatch, OtherLoad, Server, machine_idle_share,
                                   wait_until_idle)
-from benchmarks.sample import image_parser, extract_sample, sample_from_folder
+from benchmarks.sample import extract_sample, image_parser, sample_from_folder
 from service.model_store import METADATA_FILE, complete_versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
