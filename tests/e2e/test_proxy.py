@@ -280,6 +280,12 @@ def test_a_request_id_passes_through_to_the_api_log_with_the_real_client(stack):
     assert api_line["client"] == proxy_line["client"] != proxy_address
 
 
+def test_the_proxy_does_not_run_as_root(stack):
+    status = stack.compose("exec", "-T", "proxy", "cat", "/proc/1/status").stdout
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert "0" not in uid_line.split()[1:], uid_line
+
+
 def test_metrics_are_open_through_the_proxy_by_default(stack):
     response = stack.http.get(stack.url("/metrics"), timeout=10)
     assert response.status_code == 200
