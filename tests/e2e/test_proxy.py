@@ -36,6 +36,8 @@ ANSWER_WITHIN = 1.0
 REPLICAS = 3
 LOAD_CLIENTS = 16
 BOUNDARY = "slow-client-boundary"
+# A small JPEG the shipped model can classify.
+JPEG = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"], size=32))
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,6 @@ def stack(tmp_path_factory):
     with running_project(tmp_path_factory.mktemp("proxy")) as project:
         project.wait_ready()
         yield project
-
-
-def image(colour="red"):
-    """A small JPEG the shipped model can classify."""
-    return support.encode(support.draw_picture(support.SHAPE_COLOURS[colour], size=32))
 
 
 def fresh_session():
@@ -61,7 +58,7 @@ def fresh_session():
 def post_image(session, project, request_id=None, timeout=30):
     """POST one JPEG to /predict through the proxy."""
     headers = {"X-Request-ID": request_id} if request_id else {}
-    return session.post(project.url("/predict"), files={"file": ("red.jpg", image(), "image/jpeg")},
+    return session.post(project.url("/predict"), files={"file": ("red.jpg", JPEG, "image/jpeg")},
                         headers=headers, timeout=timeout)
 
 
