@@ -5,7 +5,6 @@ Run from the repository root, e.g.:
 Every server listens on 127.0.0.1 only; the load generator is wrk (apt-get install -y wrk).
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -17,7 +16,7 @@ import time
 
 from benchmarks import load, report
 from benchmarks.processes import MemoryWatch, OtherLoad, Server, machine_idle_share, wait_until_idle
-from benchmarks.sample import extract_sample, sample_from_folder
+from benchmarks.sample import extract_sample, image_parser, sample_from_folder
 from service.model_store import METADATA_FILE, complete_versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,13 +25,7 @@ PARTS = ("in-process", "service", "peer")
 
 def parse_args(argv):
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_benchmark",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--archive", help="a .tar.gz of class folders of JPEGs to sample from")
-    source.add_argument("--images", help="a folder of JPEGs (searched recursively)")
-    parser.add_argument("--sample", type=int, default=1000, help="images to use (1000)")
+    parser = image_parser("python -m benchmarks.run_benchmark", __doc__)
     parser.add_argument("--model-dir", default="models", help="models folder (models)")
     parser.add_argument("--model-name", default="cifar10", help="model name (cifar10)")
     parser.add_argument("--clients", default="1,8,32,64",

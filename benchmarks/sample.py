@@ -1,10 +1,22 @@
 """The benchmark's images: a fixed sample of real JPEGs, from a folder or the dataset archive."""
 
+import argparse
 import os
 import random
 import tarfile
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+def image_parser(prog, description):
+    """A command-line parser that already has the image options: --archive or --images, --sample."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--archive", help="a .tar.gz of class folders of JPEGs to sample from")
+    source.add_argument("--images", help="a folder of JPEGs (searched recursively)")
+    parser.add_argument("--sample", type=int, default=1000, help="images to use (1000)")
+    return parser
 
 
 def sample_from_folder(folder, count, seed=0):

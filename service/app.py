@@ -1,6 +1,7 @@
 """The application factory: create_app() wires settings, model store, batcher and routes."""
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import metrics
 from service.batcher import Batcher
@@ -24,6 +25,11 @@ def create_app(settings=None, start_model_store=True):
     # Multipart forms may hold as many parts as images are allowed, plus a few text fields.
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16
     app.json.sort_keys = False
+    if settings.trusted_proxy_hops:
+        # The client's address and scheme as the last trusted proxy saw them; values a
+        # client wrote into the headers itself are ignored.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops,
+                                x_proto=settings.trusted_proxy_hops)
 
     store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
                        warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load)

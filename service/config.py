@@ -32,6 +32,9 @@ class Settings:
     tf_intra_op_threads: int = 1
     tf_inter_op_threads: int = 0
     log_level: str = "info"
+    # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
+    # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
+    trusted_proxy_hops: int = 0
 
     @classmethod
     def from_env(cls, environ=None):
@@ -54,7 +57,8 @@ class Settings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("batch_max_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads"):
+        for name in ("batch_max_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads",
+                     "trusted_proxy_hops"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
         if self.model_poll_seconds <= 0:

@@ -33,6 +33,7 @@ def register_request_logging(app):
         metrics.LATENCY.labels(route=route, status=response.status_code).observe(duration)
         access_log.info("%s %s %s", request.method, request.path, response.status_code, extra={
             "method": request.method, "path": request.path, "status": response.status_code,
+            "client": request.remote_addr,
             "duration_ms": round(duration * 1000, 2), "request_id": g.get("request_id"),
             "model_version": g.get("model_version"), "images": g.get("image_count", 0)})
         return response

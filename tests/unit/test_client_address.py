@@ -1,0 +1,34 @@
+"""The client's address in the request log: from the connection, or from a trusted proxy."""
+
+import json
+
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+
+
+def logged_client(capsys, hops, headers, peer="10.0.0.9"):
+    """Send one request from `peer` with `headers`; return the `client` its log line names."""
+    app = create_app(Settings(trusted_proxy_hops=hops), start_model_store=False)
+    capsys.readouterr()
+    response = app.test_client().get("/health/live", headers=headers,
+                                     environ_base={"REMOTE_ADDR": peer})
+    assert response.status_code == 200
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+              if '"path": "/health/live"' in line]
+    return line["client"]
+
+
+def test_without_a_proxy_the_connection_is_the_client_whatever_the_headers_say(capsys):
+    assert logged_client(capsys, 0, {"X-Forwarded-For": "203.0.113.7"}) == "10.0.0.9"
+
+
+@pytest.mark.parametrize("forwarded, client", [
+    ("198.51.100.4", "198.51.100.4"),
+    # A client's own X-Forwarded-For comes first; the proxy appends the address it saw.
+    ("203.0.113.7, 198.51.100.4", "198.51.100.4"),
+])
+def test_behind_one_proxy_the_address_it_appended_is_the_client(capsys, forwarded, client):
+    assert logged_client(capsys, 1, {"X-Forwarded-For": forwarded}) == client
+
