@@ -10,6 +10,7 @@ import sys
 import time
 
 from model_training import data as datasets
+from model_training.export import export_serving_forms
 from model_training.publish import PublishError, check_writable, publish, write_metadata
 
 
@@ -224,6 +225,7 @@ def train(args, argv):
     def write_files(folder, version):
         metadata["version"] = version
         serving_model.save(os.path.join(folder, "model.keras"))
+        metadata["serving"] = export_serving_forms(serving_model, test_set.images, folder)
         write_metadata(folder, metadata)
         evaluate.plot_training_curves(history.history, os.path.join(folder, "training-curves.png"))
         evaluate.plot_confusion_matrix(metrics["confusion_matrix"], train_set.class_names,

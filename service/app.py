@@ -6,7 +6,7 @@ from service import metrics
 from service.batcher import Batcher
 from service.config import Settings
 from service.errors import register_error_handlers
-from service.model_store import ModelStore, configure_tensorflow
+from service.model_store import ModelStore
 from service.request_log import configure_logging, register_request_logging
 from service.routes import blueprint
 
@@ -15,7 +15,6 @@ def create_app(settings=None, start_model_store=True):
     """Build the Flask app; the model loads in the background unless told not to."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -25,7 +24,8 @@ def create_app(settings=None, start_model_store=True):
     app.json.sort_keys = False
 
     store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
-                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load)
+                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,
+                       threads=settings.model_threads)
     app.extensions["model_store"] = store
     app.extensions["batcher"] = Batcher(settings.batch_max_size,
                                         settings.batch_max_wait_ms / 1000,
