@@ -47,7 +47,7 @@ def export_serving_forms(model, images: np.ndarray, folder: str,
             f"{check['top1_agreement']:.2%} of {check['images']} test images (at least "
             f"{min_agreement:.1%} needed; largest probability difference "
             f"{check['max_probability_difference']:.3g}); nothing was published")
-    write_saved_model(model, serve, folder)
+    write_saved_model(serve, folder)
     # model.tflite comes last: it is what a running api waits for.
     replace_file(folder, TFLITE_FILE, tflite)
     return {"tflite": {"file": TFLITE_FILE, "input": "uint8 pixels 0-255", **check},
@@ -81,22 +81,25 @@ def compare(model, tflite: bytes, images: np.ndarray) -> dict:
             "max_probability_difference": float(np.abs(expected - converted).max())}
 
 
-def write_saved_model(model, serve, folder):
+def write_saved_model(serve, folder):
     """Write the SavedModel into `folder` itself (saved_model.pb last), replacing any older one."""
     import keras
 
     staging = tempfile.mkdtemp(dir=folder, prefix=TEMPORARY_PREFIX)
     try:
         archive = keras.export.ExportArchive()
-        archive.track(model)
+        # Not archive.track(model): the endpoint's own variables are saved anyway, and
+        # tracking the model would store every weight a second time.
         archive.add_endpoint(SIGNATURE["name"], serve)
         archive.write_out(staging, verbose=False)
         names = sorted(os.listdir(staging), key=lambda name: name == SAVED_MODEL_FILE)
         for name in names:
-            target = os.path.join(folder, name)
+            source, target = os.path.join(staging, name), os.path.join(folder, name)
+            if os.path.isdir(source) and not os.listdir(source):
+                continue  # an empty assets/ folder: git would not keep it anyway
             if os.path.isdir(target):
                 shutil.rmtree(target)
-            os.replace(os.path.join(staging, name), target)
+            os.replace(source, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -25,8 +25,7 @@ def strip_serving_forms(folder):
     """Make `folder` look like a version published before model.tflite and the SavedModel."""
     for name in ("model.tflite", "saved_model.pb", "fingerprint.pb"):
         (folder / name).unlink()
-    for name in (SAVED_MODEL_VARIABLES, "assets"):
-        shutil.rmtree(folder / name)
+    shutil.rmtree(folder / SAVED_MODEL_VARIABLES)
     metadata = json.loads((folder / "metadata.json").read_text())
     del metadata["serving"]
     (folder / "metadata.json").write_text(json.dumps(metadata))

@@ -24,7 +24,7 @@ def run_cli(*args):
 
 def test_a_version_is_published_with_model_metadata_and_pictures(trained_models):
     folder = trained_models / "shapes" / "1"
-    assert sorted(os.listdir(folder)) == ["assets", "confusion-matrix.png", "fingerprint.pb",
+    assert sorted(os.listdir(folder)) == ["confusion-matrix.png", "fingerprint.pb",
                                           "metadata.json", "model.keras", "model.tflite",
                                           "saved_model.pb", "training-curves.png", "variables"]
     metadata = json.loads((folder / "metadata.json").read_text())
