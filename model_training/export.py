@@ -21,7 +21,8 @@ from service.inference import LiteRunner
 
 # A converted model that picks another top label for more than 1 image in 1,000 is refused.
 MIN_TOP1_AGREEMENT = 0.999
-SIGNATURE = {"name": "serving_default", "input": "pixels", "output": "probabilities"}
+# The SavedModel's signature: uint8 [batch, height, width, channels] in, float32 [batch, classes] out.
+SIGNATURE = {"signature": "serving_default", "input": "pixels", "output": "probabilities"}
 
 
 class ExportError(PublishError):
@@ -51,9 +52,7 @@ def export_serving_forms(model, images: np.ndarray, folder: str,
     # model.tflite comes last: it is what a running api waits for.
     replace_file(folder, TFLITE_FILE, tflite)
     return {"tflite": {"file": TFLITE_FILE, "input": "uint8 pixels 0-255", **check},
-            "saved_model": {"file": SAVED_MODEL_FILE, "signature": SIGNATURE["name"],
-                            "input": f"{SIGNATURE['input']}: uint8 [batch, height, width, channels]",
-                            "output": f"{SIGNATURE['output']}: float32 [batch, classes]"}}
+            "saved_model": {"file": SAVED_MODEL_FILE, **SIGNATURE}}
 
 
 def serving_function(model):
@@ -90,7 +89,7 @@ def write_saved_model(serve, folder):
         archive = keras.export.ExportArchive()
         # Not archive.track(model): the endpoint's own variables are saved anyway, and
         # tracking the model would store every weight a second time.
-        archive.add_endpoint(SIGNATURE["name"], serve)
+        archive.add_endpoint(SIGNATURE["signature"], serve)
         archive.write_out(staging, verbose=False)
         names = sorted(os.listdir(staging), key=lambda name: name == SAVED_MODEL_FILE)
         for name in names:
@@ -105,17 +104,13 @@ def write_saved_model(serve, folder):
 
 
 def check_images(metadata: dict, data_dir: str | None, max_images: int, seed: int = 0):
-    """The images to check a converted model on, and where they came from.
-
-    By default the model's own dataset: the official test split of a keras dataset, or
-    a sample of the image folder it was trained from, when that folder is here.
-    """
+    """Images to check a converted model on (by default its own dataset's), and their source."""
     source = data_dir or metadata.get("dataset", {}).get("source", "")
     size, channels = metadata["input"]["height"], metadata["input"]["channels"]
     if source.startswith("keras.datasets.") and not data_dir:
         images = datasets.load_keras_dataset(source.removeprefix("keras.datasets."))[1].images
         described = f"the official test split of {source}"
-    elif os.path.isdir(source):
+    elif data_dir or os.path.isdir(source):
         images = datasets.load_image_folder(source, size, channels).images
         described = f"images from {source}"
     else:
@@ -163,11 +158,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         serving = export_folder(args.folder, args.data_dir, args.max_images)
-    except (datasets.DataError, PublishError) as error:
+    except (datasets.DataError, PublishError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: cannot write to {args.folder!r}: {error.strerror}", file=sys.stderr)
         return 2
     check = serving["tflite"]
     print(f"wrote {os.path.join(args.folder, TFLITE_FILE)} and a SavedModel; top-1 agreement "
