@@ -84,3 +84,17 @@ def test_inference_returns_one_probability_row_per_image(models_dir):
     assert scores.shape == (5, 3)
     assert np.allclose(scores.sum(axis=1), 1, atol=1e-4)
     assert model.describe()["version"] == 1 and model.describe()["loaded_at"]
+
+
+def test_health_ready_gives_the_reason_a_version_is_skipped(models_dir):
+    from service.app import create_app
+    from service.config import Settings
+
+    (models_dir / "shapes" / "1" / "model.tflite").unlink()
+    app = create_app(Settings(model_dir=str(models_dir), model_name="shapes"),
+                     start_model_store=False)
+    app.extensions["model_store"].refresh()
+    response = app.test_client().get("/health/ready")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "load_failed"
+    assert "version 1 was skipped: it has no model.tflite" in response.get_json()["reason"]
