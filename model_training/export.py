@@ -138,6 +138,8 @@ def export_folder(folder: str, data_dir: str | None = None, max_images: int = 50
 
     import keras
 
+    import model_training.model  # noqa: F401  (registers the custom layers a model may use)
+
     model = keras.saving.load_model(os.path.join(folder, KERAS_FILE), compile=False)
     serving = export_serving_forms(model, images, folder)
     serving["tflite"]["checked_on"] = described
