@@ -1,17 +1,29 @@
-# One image for both programs: the service (the default command) and the training CLI.
-# Build: docker compose build (or docker build -t image-classifier .)
+# Two images from one Dockerfile, one per program:
+#   api      the service: LiteRT, no TensorFlow, no Keras (docker build --target api .)
+#   trainer  the training CLI, with TensorFlow (docker build --target trainer .)
+# docker compose builds each service's own target.
 
-# Stage 1: the Python dependencies, in a virtual environment that is copied whole into
-# the final stage, so the result does not depend on where the base image keeps its packages.
-FROM python:3.11-slim-bookworm AS dependencies
-
+# Python packages go into a virtual environment that is copied whole into the final stage,
+# so the result does not depend on where the base image keeps its packages. Wheels only:
+# nothing is compiled, so no compiler is ever needed; pip itself stays behind.
+FROM python:3.11-slim-bookworm AS api-packages
 RUN python -m venv /opt/venv
-COPY requirements.txt /tmp/requirements.txt
-# Wheels only, so nothing is compiled and no compiler is ever needed. requirements.txt
-# picks tensorflow-cpu on amd64 and tensorflow (a CPU build there) on arm64.
-# Then out go what only compiling or testing needs: TensorFlow's C++ headers (about
-# 290 MB, for custom ops), libclang (60 MB, a C compiler front end that TensorFlow
-# declares but never imports), the packages' own test suites, and pip itself.
+COPY requirements-serving.txt /tmp/
+# Out go the packages' own test suites, and the parts of LiteRT a CPU interpreter never
+# loads: its WebGPU accelerator (18 MB), vendor NPU compiler plugins and command-line tools.
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
+        -r /tmp/requirements-serving.txt \
+    && cd /opt/venv/lib/python3*/site-packages \
+    && rm -rf ai_edge_litert/libLiteRtWebGpuAccelerator.so ai_edge_litert/vendors ai_edge_litert/tools \
+    && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
+
+FROM python:3.11-slim-bookworm AS trainer-packages
+RUN python -m venv /opt/venv
+COPY requirements.txt requirements-serving.txt /tmp/
+# requirements.txt picks tensorflow-cpu on amd64 and tensorflow (a CPU build there) on arm64.
+# Out go what only compiling needs: TensorFlow's C++ headers (about 290 MB, for custom
+# ops) and libclang (60 MB, a C compiler front end that TensorFlow declares but never imports).
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
         -r /tmp/requirements.txt \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet libclang \
@@ -19,39 +31,43 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
 
-# Stage 2: the runtime image, with no build tools and no pip cache.
-FROM python:3.11-slim-bookworm
-
+# What both images share: no build tools, no pip cache, one unprivileged user.
+FROM python:3.11-slim-bookworm AS runtime
 # HOME is /tmp so that Keras, Matplotlib and gunicorn's control socket find a writable
 # home whatever user id the container runs as (compose may set one to match the host).
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
     MODEL_DIR=/app/models
-
 # Uid 1000 is the first user on most Linux machines, so the versions the trainer
 # publishes into a bind-mounted models folder belong to the person who ran it.
 RUN groupadd --gid 1000 app \
-    && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app
-
-COPY --from=dependencies /opt/venv /opt/venv
-
-# The source comes last, so a code change rebuilds only these small layers. It stays
-# owned by root: the service can read its code but not change it.
+    && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app \
+    && install -d -o app -g app /app/models
 WORKDIR /app
+
+FROM runtime AS trainer
+ENV TF_CPP_MIN_LOG_LEVEL=1
+COPY --from=trainer-packages /opt/venv /opt/venv
+# Training decodes images and checks the converted model with the service's own code.
 COPY service/ service/
 COPY model_training/ model_training/
-RUN install -d -o app -g app /app/models
+USER app
+ENTRYPOINT ["python", "-m", "model_training.train"]
+CMD ["--help"]
 
+# The api comes last, so a plain `docker build .` builds it.
+FROM runtime AS api
+COPY --from=api-packages /opt/venv /opt/venv
+# The source comes last, so a code change rebuilds only this small layer. It stays
+# owned by root: the service can read its code but not change it.
+COPY service/ service/
 USER app
 EXPOSE 8000
-
 # The slim image has no curl; Python's standard library does the same job.
 # /health answers 200 only once a model is loaded and warmed, 503 before.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
-
 # The same gunicorn settings the tests use; HOST, PORT, WORKERS and the rest come from the environment.
 CMD ["gunicorn", "-c", "service/gunicorn_conf.py"]

@@ -1,4 +1,7 @@
-"""The in-process limit: decode plus model call, no HTTP; prints one JSON object."""
+"""The in-process limit: decode plus model call, no HTTP; prints one JSON object.
+
+The fastest path known for the model: its model.tflite on LiteRT/XNNPACK with every core.
+"""
 
 import argparse
 import json
@@ -10,13 +13,12 @@ import numpy as np
 from benchmarks.sample import read_images
 from service.config import Settings
 from service.images import decode_image
-from service.model_store import ServingModel, configure_tensorflow
+from service.inference import ServingModel
 
 
-def measure(model_path, image_paths, batch_size, seconds, intra_op_threads=0, inter_op_threads=0):
+def measure(model_path, image_paths, batch_size, seconds, threads=0):
     """Time single-image and batched decode + infer on the service's own inference path."""
-    configure_tensorflow(intra_op_threads, inter_op_threads)
-    model = ServingModel(model_path, warm_batch_size=batch_size)
+    model = ServingModel(model_path, warm_batch_size=batch_size, threads=threads)
     images = read_images(image_paths)
     max_pixels = Settings().max_image_pixels
 
@@ -56,13 +58,12 @@ def main(argv=None):
     parser.add_argument("--image-list", required=True, help="a file naming one image per line")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0, help="time for each measurement")
-    parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--inter-op-threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for one model call (0, the default: every core)")
     args = parser.parse_args(argv)
     with open(args.image_list, encoding="utf-8") as file:
         paths = [line.strip() for line in file if line.strip()]
-    result = measure(args.model, paths, args.batch_size, args.seconds,
-                     args.intra_op_threads, args.inter_op_threads)
+    result = measure(args.model, paths, args.batch_size, args.seconds, args.threads)
     print(json.dumps(result))
 
 

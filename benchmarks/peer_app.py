@@ -1,25 +1,32 @@
 """The baseline peer: the pattern most tutorials ship, Flask's own server calling model.predict.
 
 Run: python -m benchmarks.peer_app --model models/cifar10/1 --port 18001
-It loads the same model and decodes the same way as the service, then calls
-`model.predict` once per request from Flask's threaded development server.
+It loads the same version's model.keras with Keras (TensorFlow), decodes the same way
+as the service, then calls `model.predict` once per request from Flask's threaded
+development server.
 """
 
 import argparse
+import os
 
 import numpy as np
 from flask import Flask, jsonify, request
 
+from service.artifact import KERAS_FILE
 from service.config import Settings
 from service.images import decode_image
-from service.model_store import ServingModel
+from service.inference import ServingModel
 
 TOP_K = 3
 
 
 def create_peer_app(model_path):
     """A Flask app with the tutorial's /predict, plus a readiness route for the benchmark."""
+    import keras
+
+    # The labels, input size and ranking come from the service's own ServingModel.
     serving = ServingModel(model_path)
+    model = keras.saving.load_model(os.path.join(model_path, KERAS_FILE), compile=False)
     max_pixels = Settings().max_image_pixels
     app = Flask(__name__)
 
@@ -27,7 +34,7 @@ def create_peer_app(model_path):
     def predict():
         data = request.files["file"].read()
         image = decode_image(data, *serving.input_shape, max_pixels)
-        scores = serving.model.predict(image[np.newaxis], verbose=0)[0]
+        scores = model.predict(image[np.newaxis], verbose=0)[0]
         ranked = serving.rank(scores, TOP_K)
         return jsonify({"predictions": [{**ranked[0], "top_k": ranked}]})
 

@@ -17,7 +17,7 @@ import time
 from benchmarks import load, report
 from benchmarks.processes import MemoryWatch, OtherLoad, Server, machine_idle_share, wait_until_idle
 from benchmarks.sample import extract_sample, image_parser, sample_from_folder
-from service.model_store import METADATA_FILE, complete_versions
+from service.artifact import METADATA_FILE, complete_versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("in-process", "service", "peer")
@@ -83,7 +83,7 @@ def prepare_images(args, work_dir):
 
 
 def measure_in_process(model_path, image_list, batch_size, seconds):
-    """Run benchmarks.in_process in its own process, so the driver never imports TensorFlow."""
+    """Run benchmarks.in_process in its own process: its threads must not share our GIL."""
     command = [sys.executable, "-m", "benchmarks.in_process", "--model", model_path,
                "--image-list", image_list, "--batch-size", str(batch_size),
                "--seconds", str(max(3, seconds // 4))]

@@ -2,7 +2,7 @@
 
 Run from the repository root, e.g.:
     python -m benchmarks.sweep --images /tmp/data/cifar10/train --clients 1,32 --seconds 10 \\
-        --repeat 3 --grid THREADS=4,8,16 --grid TF_INTRA_OP_THREADS=1,2
+        --repeat 3 --grid THREADS=4,8,16 --grid MODEL_THREADS=1,2
 Each combination is one `benchmarks.run_benchmark --only service` run; repeats go round
 the whole grid, so a disturbance on a shared machine spreads over every combination.
 """

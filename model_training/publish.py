@@ -5,20 +5,11 @@ import os
 import shutil
 import tempfile
 
-# Version folders are positive integers; anything else in models/<name>/ is ignored.
-TEMPORARY_PREFIX = ".tmp-"
+from service.artifact import METADATA_FILE, TEMPORARY_PREFIX, published_versions
 
 
 class PublishError(Exception):
     """The model could not be written to the output folder."""
-
-
-def existing_versions(model_dir):
-    """Return the sorted integer versions already published under `model_dir`."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(entry.name) for entry in os.scandir(model_dir)
-                  if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0)
 
 
 def check_writable(model_dir):
@@ -61,7 +52,7 @@ def publish(model_dir, write_files):
     staging = make_staging_folder(model_dir)
     try:
         os.chmod(staging, 0o755)
-        version = (existing_versions(model_dir) or [0])[-1] + 1
+        version = (published_versions(model_dir) or [0])[-1] + 1
         write_files(staging, version)
         while True:
             target = os.path.join(model_dir, str(version))
@@ -83,6 +74,20 @@ def publish(model_dir, write_files):
 
 def write_metadata(folder, metadata):
     """Write metadata.json, readable by people and by the service."""
-    with open(os.path.join(folder, "metadata.json"), "w", encoding="utf-8") as file:
-        json.dump(metadata, file, indent=2)
-        file.write("\n")
+    replace_file(folder, METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
+
+
+def replace_file(folder, name, content: bytes):
+    """Write `folder/name` whole under a temporary name, then rename it into place.
+
+    A reader never sees half a file, also when a file of a published version is replaced.
+    """
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, os.path.join(folder, name))
+    except BaseException:
+        os.unlink(temporary)
+        raise

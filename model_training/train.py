@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 
 from model_training import data as datasets
 from model_training import evaluate
 from model_training.data import LabelledImages
+from model_training.export import export_serving_forms
 from model_training.model import (
     WarmupLinearDecay,
     compile_model,
@@ -26,6 +28,7 @@ from model_training.model import (
     with_flip_averaging,
 )
 from model_training.publish import PublishError, check_writable, publish, write_metadata
+from service import artifact
 
 # airbench94's budget is 9.9 epochs of 50,000 images; five more make up for the smaller
 # split here (45,000 less validation) and still fit well inside an hour on two cores.
@@ -190,7 +193,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict]:
                             (train_set, validation_set, test_set), skipped,
                             serving_model, metrics)
     folder, _ = publish(model_dir, lambda folder, version: write_version(
-        folder, version, serving_model, metadata, history.history))
+        folder, version, serving_model, metadata, history.history, test_set.images))
     return folder, metadata
 
 
@@ -323,14 +326,16 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
 
 
 def write_version(folder: str, version: int, serving_model: keras.Model, metadata: dict,
-                  history: dict) -> None:
-    """Write every file of one version into `folder`."""
+                  history: dict, test_images: np.ndarray) -> None:
+    """Write every file of one version into `folder`: the model in each of its forms first."""
     metadata["version"] = version
-    serving_model.save(os.path.join(folder, "model.keras"))
+    serving_model.save(os.path.join(folder, artifact.KERAS_FILE))
+    # model.tflite and the SavedModel, each checked against the Keras model on the test images.
+    metadata["serving"] = export_serving_forms(serving_model, test_images, folder)
     write_metadata(folder, metadata)
-    evaluate.plot_training_curves(history, os.path.join(folder, "training-curves.png"))
+    evaluate.plot_training_curves(history, os.path.join(folder, artifact.TRAINING_CURVES_FILE))
     evaluate.plot_confusion_matrix(metadata["metrics"]["confusion_matrix"], metadata["classes"],
-                                   os.path.join(folder, "confusion-matrix.png"))
+                                   os.path.join(folder, artifact.CONFUSION_MATRIX_FILE))
 
 
 def main(argv: list[str] | None = None) -> int:

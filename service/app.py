@@ -9,7 +9,7 @@ from service.config import Settings
 from service.errors import register_error_handlers
 from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
-from service.model_store import ModelStore, configure_tensorflow
+from service.model_store import ModelStore
 from service.request_log import register_request_logging
 from service.routes import blueprint
 
@@ -32,7 +32,8 @@ def create_app(settings=None, start_model_store=True):
                                 x_proto=settings.trusted_proxy_hops)
 
     store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
-                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load)
+                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,
+                       threads=settings.model_threads)
     app.extensions["model_store"] = store
     app.extensions["batcher"] = Batcher(settings.batch_max_size,
                                         settings.batch_max_wait_ms / 1000,
@@ -42,7 +43,5 @@ def create_app(settings=None, start_model_store=True):
     app.register_blueprint(blueprint)
     app.register_blueprint(inference_protocol)
     if start_model_store:
-        # Only a store that loads models needs TensorFlow; an app without one starts without it.
-        configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         store.start()
     return app

@@ -16,8 +16,8 @@ class Settings:
     model_name: str = "cifar10"
     host: str = "0.0.0.0"
     port: int = 8000
-    # Measured on the 2-core machine (README, "Performance"): two workers use both cores
-    # (one is held to about one core by the GIL), eight threads each, and one XNNPACK/TF
+    # Measured on the 2-core machine (README, "Benchmark"): two workers use both cores
+    # (one is held to about one core by the GIL), eight threads each, and one XNNPACK
     # thread per worker so their model calls do not fight over the cores.
     workers: int = 2
     threads: int = 8
@@ -29,8 +29,7 @@ class Settings:
     batch_max_size: int = 32
     batch_max_wait_ms: float = 5.0
     model_poll_seconds: float = 5.0
-    tf_intra_op_threads: int = 1
-    tf_inter_op_threads: int = 0
+    model_threads: int = 1
     log_level: str = "info"
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
@@ -57,8 +56,7 @@ class Settings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("batch_max_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads",
-                     "trusted_proxy_hops"):
+        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
         if self.model_poll_seconds <= 0:

@@ -24,9 +24,10 @@ worker_class = "gthread"
 reuse_port = True
 workers = settings.workers
 threads = settings.threads
-# No preload: TensorFlow is not fork-safe, so each worker loads the model after the fork.
+# No preload: each worker loads the model after the fork, so no interpreter or thread
+# pool is ever shared across a fork.
 preload_app = False
-# Loading happens in the background, but a cold import of TensorFlow can take a while.
+# A worker silent for this long is restarted; loading happens in the background.
 timeout = 120
 # On SIGTERM, requests in flight get this long to finish; no new ones are accepted.
 graceful_timeout = 30

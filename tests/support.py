@@ -15,6 +15,8 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
+from service.artifact import TFLITE_FILE
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SHAPE_COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
@@ -64,13 +66,18 @@ def train_tiny_model(data_dir, output, *extra_args):
     return versions[-1].parent
 
 
-def publish_copy(models_dir, version, break_model=False, metadata_changes=None):
-    """Publish a copy of version 1 as `version` the way the trainer does: complete, then renamed."""
+def publish_copy(models_dir, version, break_model=False, metadata_changes=None, leave_out=()):
+    """Publish a copy of version 1 as `version`, the way the trainer does: complete, then renamed.
+
+    `leave_out` names files of the copy to drop, as a version made before they existed lacks them.
+    """
     versions = Path(models_dir) / "shapes"
     staging = versions / f".tmp-{version}"
     shutil.copytree(versions / "1", staging)
     if break_model:
-        (staging / "model.keras").write_bytes(b"PK\x03\x04 truncated archive")
+        (staging / TFLITE_FILE).write_bytes(b"TFL3 truncated flatbuffer")
+    for name in leave_out:
+        (staging / name).unlink()
     if metadata_changes:
         metadata = json.loads((staging / "metadata.json").read_text())
         metadata.update(metadata_changes)

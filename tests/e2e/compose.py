@@ -15,6 +15,7 @@ import uuid
 import pytest
 import requests
 
+from service.artifact import published_versions
 from tests import support
 
 
@@ -129,12 +130,6 @@ def _text(output):
     return output or ""
 
 
-def published_versions(folder):
-    """The integer version folders under `folder`."""
-    return sorted(int(entry.name) for entry in folder.iterdir()
-                  if entry.is_dir() and entry.name.isdigit())
-
-
 def container_user(*folders):
     """Choose the user the containers run as, and make the mounted `folders` theirs.
 
@@ -186,7 +181,7 @@ def running_project(base, dataset=None, **settings):
     project = ComposeProject(f"classifier-test-{uuid.uuid4().hex[:8]}", environment,
                              models_dir, training_folder, user)
     try:
-        project.compose("build", "api", timeout=BUILD_SECONDS)
+        project.compose("--profile", "train", "build", "api", "trainer", timeout=BUILD_SECONDS)
         project.compose("up", "--detach", "--no-build", timeout=180)
         project.started = time.monotonic()
         yield project

@@ -1,39 +1,56 @@
-"""The fast inference path gives the Keras model's own answers, for any batch size."""
+"""The LiteRT path gives the Keras model's own answers for any batch size, and refuses bad files."""
 
 import numpy as np
 import pytest
 
-from service import inference
-from service.model_store import ServingModel
+from service.inference import LiteRunner, ModelLoadError, ServingModel
+from tests.support import publish_copy
 
 
 @pytest.fixture(scope="module")
 def serving_model(trained_models):
-    """The tiny trained model, compiled for batches of up to 8 images."""
+    """The tiny trained model's model.tflite, allocated for batches of up to 8 images."""
     return ServingModel(trained_models / "shapes" / "1", warm_batch_size=8)
 
 
+@pytest.fixture(scope="module")
+def keras_model(trained_models):
+    """The same version's model.keras, as training left it."""
+    import keras
+
+    return keras.saving.load_model(trained_models / "shapes" / "1" / "model.keras", compile=False)
+
+
 @pytest.mark.parametrize("count", [1, 3, 8, 13, 20])
-def test_every_batch_size_matches_the_keras_model(serving_model, count):
+def test_every_batch_size_matches_the_keras_model(serving_model, keras_model, count):
     images = np.random.default_rng(count).integers(0, 256, (count, 16, 16, 3), np.uint8)
-    expected = serving_model.model(images.astype(np.float32), training=False).numpy()
+    expected = keras_model(images.astype(np.float32), training=False).numpy()
     scores = serving_model.infer(images)
     assert scores.shape == (count, 3)
     assert np.allclose(scores, expected, atol=1e-5)
 
 
-def test_the_model_is_served_through_tensorflow_lite(serving_model):
-    assert isinstance(serving_model._run, inference.LiteRunner)
+def test_batches_run_on_interpreters_of_power_of_two_sizes(serving_model):
     assert serving_model._run.sizes == [1, 2, 4, 8]
+    assert serving_model._run.input_shape == (16, 16, 3)
 
 
-def test_a_model_that_does_not_convert_is_served_through_tensorflow(trained_models, monkeypatch):
-    def refuse(*args):
-        raise ValueError("no conversion today")
+def test_a_file_that_is_not_a_tflite_model_is_refused(models_dir):
+    publish_copy(models_dir, 2, break_model=True)
+    with pytest.raises(ModelLoadError, match="unreadable model.tflite"):
+        ServingModel(models_dir / "shapes" / "2")
 
-    monkeypatch.setattr(inference, "LiteRunner", refuse)
-    model = ServingModel(trained_models / "shapes" / "1", warm_batch_size=4)
-    assert isinstance(model._run, inference.GraphRunner)
-    images = np.zeros((5, 16, 16, 3), np.uint8)
-    assert np.allclose(model.infer(images),
-                       model.model(images.astype(np.float32), training=False), atol=1e-5)
+
+def test_a_model_that_takes_floats_is_refused(models_dir, tmp_path):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, 16, 16, 3), tf.float32)
+    scale = tf.function(lambda images: tf.nn.softmax(tf.reduce_mean(images, [1, 2])),
+                        input_signature=[spec])
+    converted = tf.lite.TFLiteConverter.from_concrete_functions(
+        [scale.get_concrete_function()]).convert()
+    assert LiteRunner(converted).input_dtype == np.float32
+    publish_copy(models_dir, 2)
+    (models_dir / "shapes" / "2" / "model.tflite").write_bytes(converted)
+    with pytest.raises(ModelLoadError, match="takes float32 input"):
+        ServingModel(models_dir / "shapes" / "2")

@@ -153,7 +153,7 @@ def test_model_loads_and_failures_are_logged_with_reasons(observed, observed_mod
     # A published version that cannot be read is logged with its reason and skipped.
     broken = observed_models / "shapes" / "2"
     broken.mkdir()
-    (broken / "model.keras").write_bytes(b"not a model")
+    (broken / "model.tflite").write_bytes(b"not a model")
     (broken / "metadata.json").write_text("{")
     [failure] = log_entries(observed, timeout=20, event="model_load_failed", model_version=2)
     assert failure["level"] == "ERROR" and "metadata.json" in failure["message"]

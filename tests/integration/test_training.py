@@ -24,8 +24,9 @@ def run_cli(*args):
 
 def test_a_version_is_published_with_model_metadata_and_pictures(trained_models):
     folder = trained_models / "shapes" / "1"
-    assert sorted(os.listdir(folder)) == ["confusion-matrix.png", "metadata.json",
-                                          "model.keras", "training-curves.png"]
+    assert sorted(os.listdir(folder)) == ["confusion-matrix.png", "fingerprint.pb",
+                                          "metadata.json", "model.keras", "model.tflite",
+                                          "saved_model.pb", "training-curves.png", "variables"]
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["name"] == "shapes" and metadata["version"] == 1
     assert metadata["classes"] == ["blue", "green", "red"]
