@@ -1,0 +1,213 @@
+"""The production pod spec is not fiction: the api image runs under it and answers its probes.
+
+The api container of the rendered production Deployment is translated to `docker run`:
+its user and groups, read-only root, dropped capabilities, no privilege escalation, a
+tmpfs for each emptyDir, a read-only bind mount of models/ for the models volume, its
+memory limit and CPU share, and its environment from the rendered ConfigMap (with a key
+standing in for the Secret). Then the startup, readiness and liveness probes are run the
+way the kubelet runs them, within the budgets the manifest gives them.
+"""
+
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests import support
+from tests.deploy.manifests import KUBECTL, find, render, settings_of
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
+
+if KUBECTL is None:
+    pytest.skip("kubectl is not installed: the Kubernetes manifests cannot be rendered",
+                allow_module_level=True)
+if not support.docker_engine_answers():
+    pytest.skip("no Docker engine answers `docker info`: start Docker to run the pod spec "
+                "in a container", allow_module_level=True)
+
+IMAGE = "image-classifier-api:k8s-test"
+BUILD_SECONDS = 1500
+# Readiness has no deadline in Kubernetes (the pod just takes no traffic); here it must
+# come within this long after the startup probe passed.
+READY_SECONDS = 60
+LOG_TAIL = 4000
+BINARY_UNITS = {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3}
+DECIMAL_UNITS = {"k": 1000, "M": 1000 ** 2, "G": 1000 ** 3}
+
+
+def quantity_bytes(quantity):
+    """A Kubernetes memory quantity ("512Mi", "1G", "1048576") in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([KMG]i|[kMG])?", str(quantity)).groups()
+    return int(number) * {**BINARY_UNITS, **DECIMAL_UNITS, None: 1}[unit]
+
+
+def cpu_shares(quantity):
+    """A CPU request ("1", "500m") as Docker's --cpu-shares, which is what the kubelet sets."""
+    text = str(quantity)
+    cores = int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(2, int(cores * 1024))
+
+
+def docker(*args, timeout=120, check=True):
+    """Run `docker <args>`; fail with its output when it fails."""
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])}... exited with {result.returncode}:\n"
+                             f"{result.stdout[-LOG_TAIL:]}{result.stderr[-LOG_TAIL:]}")
+    return result.stdout.strip()
+
+
+def docker_run_arguments(pod, container, settings, secrets, models_dir):
+    """The `docker run` options that give a container what `pod` gives `container`."""
+    assert "command" not in container and "args" not in container, (
+        "the api container must run the image's own command")
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    arguments = ["--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
+    if "fsGroup" in security:
+        arguments += ["--group-add", str(security["fsGroup"])]
+    if security.get("readOnlyRootFilesystem"):
+        arguments.append("--read-only")
+    if security.get("allowPrivilegeEscalation") is False:
+        arguments += ["--security-opt", "no-new-privileges"]
+    arguments += [f"--cap-drop={capability}"
+                  for capability in security.get("capabilities", {}).get("drop", [])]
+    # Docker's default seccomp profile is what RuntimeDefault means under Docker.
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    resources = container["resources"]
+    arguments += ["--memory", str(quantity_bytes(resources["limits"]["memory"])),
+                  "--cpu-shares", str(cpu_shares(resources["requests"]["cpu"]))]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            size = volume["emptyDir"].get("sizeLimit")
+            options = f",size={quantity_bytes(size)}" if size else ""
+            arguments += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777{options}"]
+        else:
+            assert "persistentVolumeClaim" in volume, f"volume {mount['name']}: no translation"
+            read_only = mount.get("readOnly") or volume["persistentVolumeClaim"].get("readOnly")
+            arguments += ["--volume",
+                          f"{models_dir}:{mount['mountPath']}{':ro' if read_only else ''}"]
+    for name, value in settings.items():
+        arguments += ["--env", f"{name}={value}"]
+    for entry in container.get("env", []):
+        reference = entry["valueFrom"]["secretKeyRef"]
+        arguments += ["--env", f"{entry['name']}={secrets[reference['name']][reference['key']]}"]
+    return arguments
+
+
+class Kubelet:
+    """Runs a container's HTTP probes against the container's published port."""
+
+    def __init__(self, container, host_port):
+        self.container = container
+        self.base_url = f"http://127.0.0.1:{host_port}"
+        # Only loopback is ever contacted, so proxy settings in the environment must not apply.
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    def succeeds(self, name):
+        """One run of probe `name`: any status from 200 to 399 within its timeout passes."""
+        probe = self.container[name]
+        try:
+            response = self.http.get(self.base_url + probe["httpGet"]["path"],
+                                     timeout=probe.get("timeoutSeconds", 1))
+        except requests.RequestException:
+            return False
+        return 200 <= response.status_code < 400
+
+    def first_success(self, name, budget):
+        """Seconds until probe `name` first passes, trying every periodSeconds; None if not in `budget`."""
+        probe = self.container[name]
+        started = time.monotonic()
+        time.sleep(probe.get("initialDelaySeconds", 0))
+        while time.monotonic() - started <= budget:
+            if self.succeeds(name):
+                return time.monotonic() - started
+            time.sleep(probe.get("periodSeconds", 10))
+        return None
+
+    def startup_budget(self):
+        """How long the kubelet waits for the startup probe before it restarts the container."""
+        probe = self.container["startupProbe"]
+        return (probe.get("initialDelaySeconds", 0)
+                + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10))
+
+
+@pytest.fixture(scope="module")
+def production_api():
+    """The production api container's spec, its pod's and its settings, from the rendered overlay."""
+    objects = render("overlays/production")
+    deployment = find(objects, "Deployment", "image-classifier-api")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].split(":")[0] == IMAGE.split(":")[0]
+    return pod, container, settings_of(objects, container)
+
+
+@pytest.fixture(scope="module")
+def running_pod(production_api):
+    """The api image started as the production pod spec says; always removed after."""
+    pod, container, settings = production_api
+    docker("build", "--network", "host", "--target", "api", "--tag", IMAGE, str(support.ROOT),
+           timeout=BUILD_SECONDS)
+    name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
+    host_port = support.free_port()
+    (container_port,) = [entry["containerPort"] for entry in container["ports"]]
+    secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
+    docker("network", "create", name)
+    try:
+        docker("run", "--detach", "--name", name, "--network", name,
+               "--publish", f"127.0.0.1:{host_port}:{container_port}",
+               *docker_run_arguments(pod, container, settings, secrets, support.ROOT / "models"),
+               IMAGE)
+        yield name, Kubelet(container, host_port), settings
+    finally:
+        docker("rm", "--force", name, check=False)
+        docker("network", "rm", name, check=False)
+
+
+def logs(name):
+    """The end of the container's log, to explain a failure."""
+    result = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=60)
+    return "\ncontainer log:\n" + (result.stdout + result.stderr)[-LOG_TAIL:]
+
+
+def test_the_startup_probe_passes_within_its_budget(running_pod):
+    name, kubelet, _ = running_pod
+    seconds = kubelet.first_success("startupProbe", kubelet.startup_budget())
+    assert seconds is not None, (
+        f"startup probe never passed in {kubelet.startup_budget()} s: the kubelet would restart "
+        f"the container{logs(name)}")
+
+
+def test_the_readiness_probe_passes_once_the_model_is_loaded(running_pod):
+    name, kubelet, settings = running_pod
+    kubelet.first_success("startupProbe", kubelet.startup_budget())
+    seconds = kubelet.first_success("readinessProbe", READY_SECONDS)
+    assert seconds is not None, f"not ready within {READY_SECONDS} s{logs(name)}"
+    # Ready means the model the settings name, from the read-only models folder.
+    answer = kubelet.http.get(kubelet.base_url + "/health/ready", timeout=5).json()
+    assert answer["model"]["name"] == settings["MODEL_NAME"], answer
+
+
+def test_the_liveness_probe_keeps_passing(running_pod):
+    name, kubelet, _ = running_pod
+    kubelet.first_success("readinessProbe", READY_SECONDS)
+    probe = kubelet.container["livenessProbe"]
+    # The kubelet restarts after failureThreshold failures in a row; here not one may fail.
+    for _ in range(probe.get("failureThreshold", 3) + 1):
+        assert kubelet.succeeds("livenessProbe"), f"liveness probe failed{logs(name)}"
+        time.sleep(1)
+
+
+def test_the_container_is_not_restarted_or_killed(running_pod):
+    name, kubelet, _ = running_pod
+    kubelet.first_success("readinessProbe", READY_SECONDS)
+    state = docker("inspect", "--format", "{{.State.Status}} {{.State.OOMKilled}} "
+                   "{{.RestartCount}}", name)
+    assert state == "running false 0", f"{state}{logs(name)}"
+
