@@ -1,11 +1,12 @@
-"""The production pod spec is not fiction: the api image runs under it and answers its probes.
+"""The pod specs are not fiction: our images run under them and answer their probes.
 
-The api container of the rendered production Deployment is translated to `docker run`:
-its user and groups, read-only root, dropped capabilities, no privilege escalation, a
-tmpfs for each emptyDir, a read-only bind mount of models/ for the models volume, its
-memory limit and CPU share, and its environment from the rendered ConfigMap (with a key
-standing in for the Secret). Then the startup, readiness and liveness probes are run the
-way the kubelet runs them, within the budgets the manifest gives them.
+The api pod of each rendered overlay is translated to `docker run`: each container's user
+and groups, read-only root, dropped capabilities, no privilege escalation, memory limit
+and CPU share; each memory emptyDir as a tmpfs and any other as a shared folder; the
+models volume as a read-only bind mount of models/; the environment from the rendered
+ConfigMap (with a key standing in for the Secret). Init containers run to completion
+first, as the kubelet runs them. Then the startup, readiness and liveness probes are run
+the way the kubelet runs them, within the budgets the manifest gives them.
 """
 
 import re
@@ -28,7 +29,8 @@ if not support.docker_engine_answers():
     pytest.skip("no Docker engine answers `docker info`: start Docker to run the pod spec "
                 "in a container", allow_module_level=True)
 
-IMAGE = "image-classifier-api:k8s-test"
+# The images this run built, as image-classifier-<target>:k8s-test.
+BUILT = set()
 BUILD_SECONDS = 1500
 # Readiness has no deadline in Kubernetes (the pod just takes no traffic); here it must
 # come within this long after the startup probe passed.
@@ -60,10 +62,12 @@ def docker(*args, timeout=120, check=True):
     return result.stdout.strip()
 
 
-def docker_run_arguments(pod, container, settings, secrets, models_dir):
-    """The `docker run` options that give a container what `pod` gives `container`."""
-    assert "command" not in container and "args" not in container, (
-        "the api container must run the image's own command")
+def container_arguments(pod, container, volumes, config_maps, secrets):
+    """The `docker run` options that give a container what `pod` gives it.
+
+    `volumes` maps each of the pod's volume names to the `--mount` source of its stand-in;
+    `config_maps` and `secrets` map names to the data the cluster would hold.
+    """
     security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
     arguments = ["--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
     if "fsGroup" in security:
@@ -79,24 +83,67 @@ def docker_run_arguments(pod, container, settings, secrets, models_dir):
     resources = container["resources"]
     arguments += ["--memory", str(quantity_bytes(resources["limits"]["memory"])),
                   "--cpu-shares", str(cpu_shares(resources["requests"]["cpu"]))]
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        if "emptyDir" in volume:
-            size = volume["emptyDir"].get("sizeLimit")
-            options = f",size={quantity_bytes(size)}" if size else ""
-            arguments += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777{options}"]
-        else:
-            assert "persistentVolumeClaim" in volume, f"volume {mount['name']}: no translation"
-            read_only = mount.get("readOnly") or volume["persistentVolumeClaim"].get("readOnly")
-            arguments += ["--volume",
-                          f"{models_dir}:{mount['mountPath']}{':ro' if read_only else ''}"]
-    for name, value in settings.items():
-        arguments += ["--env", f"{name}={value}"]
+    read_only_claims = {volume["name"] for volume in pod["volumes"]
+                        if volume.get("persistentVolumeClaim", {}).get("readOnly")}
+    for mount in container.get("volumeMounts", []):
+        read_only = mount.get("readOnly") or mount["name"] in read_only_claims
+        arguments += ["--mount", f"{volumes[mount['name']]},dst={mount['mountPath']}"
+                                 f"{',readonly' if read_only else ''}"]
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"{container['name']}: envFrom {source}: no translation"
+        for key, value in config_maps[source["configMapRef"]["name"]].items():
+            arguments += ["--env", f"{key}={value}"]
     for entry in container.get("env", []):
         reference = entry["valueFrom"]["secretKeyRef"]
         arguments += ["--env", f"{entry['name']}={secrets[reference['name']][reference['key']]}"]
+    if "command" in container:
+        arguments += ["--entrypoint", container["command"][0]]
     return arguments
+
+
+def container_command(container):
+    """What follows the image on the `docker run` line: the rest of command, then args."""
+    return container.get("command", [])[1:] + container.get("args", [])
+
+
+def volume_sources(pod, folder, models_dir):
+    """A stand-in for each of the pod's volumes: {volume name: `--mount` source}.
+
+    A memory emptyDir is a tmpfs of its size (Docker cannot share one between containers,
+    so only one container may mount it); any other emptyDir is a world-writable folder
+    under `folder`, as the kubelet makes one on the node's disk; the models claim is a
+    bind mount of `models_dir`.
+    """
+    mounts = [mount["name"] for container in pod["containers"] + pod.get("initContainers", [])
+              for mount in container.get("volumeMounts", [])]
+    sources = {}
+    for volume in pod["volumes"]:
+        empty_dir = volume.get("emptyDir")
+        if empty_dir is not None and empty_dir.get("medium") == "Memory":
+            assert mounts.count(volume["name"]) == 1, f"tmpfs {volume['name']} cannot be shared"
+            size = empty_dir.get("sizeLimit")
+            sources[volume["name"]] = ("type=tmpfs,tmpfs-mode=1777"
+                                       + (f",tmpfs-size={quantity_bytes(size)}" if size else ""))
+        elif empty_dir is not None:
+            path = folder / volume["name"]
+            path.mkdir()
+            path.chmod(0o1777)
+            sources[volume["name"]] = f"type=bind,src={path}"
+        else:
+            assert "persistentVolumeClaim" in volume, f"volume {volume['name']}: no translation"
+            sources[volume["name"]] = f"type=bind,src={models_dir}"
+    return sources
+
+
+def built_image(image):
+    """Build the Dockerfile target that `image` (image-classifier-<target>:<tag>) names, once."""
+    target = image.split(":")[0].removeprefix("image-classifier-")
+    tag = f"image-classifier-{target}:k8s-test"
+    if tag not in BUILT:
+        docker("build", "--network", "host", "--target", target, "--tag", tag, str(support.ROOT),
+               timeout=BUILD_SECONDS)
+        BUILT.add(tag)
+    return tag
 
 
 class Kubelet:
@@ -137,34 +184,31 @@ class Kubelet:
                 + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10))
 
 
-@pytest.fixture(scope="module")
-def production_api():
-    """The production api container's spec, its pod's and its settings, from the rendered overlay."""
-    objects = render("overlays/production")
-    deployment = find(objects, "Deployment", "image-classifier-api")[0]
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["image"].split(":")[0] == IMAGE.split(":")[0]
-    return pod, container, settings_of(objects, container)
-
-
-@pytest.fixture(scope="module")
-def running_pod(production_api):
-    """The api image started as the production pod spec says; always removed after."""
-    pod, container, settings = production_api
-    docker("build", "--network", "host", "--target", "api", "--tag", IMAGE, str(support.ROOT),
-           timeout=BUILD_SECONDS)
+@pytest.fixture(scope="module", params=["overlays/production", "overlays/dev"])
+def running_pod(request, tmp_path_factory):
+    """The api pod of an overlay, started as its spec says; always removed after."""
+    objects = render(request.param)
+    pod = find(objects, "Deployment", "image-classifier-api")[0]["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    settings = settings_of(objects, api)
+    config_maps = {item["metadata"]["name"]: item.get("data", {})
+                   for item in find(objects, "ConfigMap")}
+    secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
     name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
     host_port = support.free_port()
-    (container_port,) = [entry["containerPort"] for entry in container["ports"]]
-    secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
+    (container_port,) = [entry["containerPort"] for entry in api["ports"]]
     docker("network", "create", name)
     try:
+        volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"), support.ROOT / "models")
+        for init in pod.get("initContainers", []):
+            docker("run", "--rm", "--name", f"{name}-{init['name']}", "--network", name,
+                   *container_arguments(pod, init, volumes, config_maps, secrets),
+                   built_image(init["image"]), *container_command(init))
         docker("run", "--detach", "--name", name, "--network", name,
                "--publish", f"127.0.0.1:{host_port}:{container_port}",
-               *docker_run_arguments(pod, container, settings, secrets, support.ROOT / "models"),
-               IMAGE)
-        yield name, Kubelet(container, host_port), settings
+               *container_arguments(pod, api, volumes, config_maps, secrets),
+               built_image(api["image"]), *container_command(api))
+        yield name, Kubelet(api, host_port), settings
     finally:
         docker("rm", "--force", name, check=False)
         docker("network", "rm", name, check=False)
