@@ -155,7 +155,8 @@ def test_every_image_is_one_the_dockerfile_builds_by_the_project_version():
     targets = dockerfile_targets()
     for name in TOP_LEVEL:
         for image in images(render(name)):
-            repository, _, tag = image.partition(":")
+            # A registry in front (registry.example.com/image-classifier-api) is fine.
+            repository, _, tag = image.rpartition("/")[2].partition(":")
             target = repository.removeprefix("image-classifier-")
             assert repository.startswith("image-classifier-") and target in targets, (
                 f"{name}: {image} is not image-classifier-<a Dockerfile target: {sorted(targets)}>")
@@ -225,23 +226,26 @@ def test_services_selectors_and_references_meet_the_pods():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         selected = [find(objects, "Service")[0]["spec"]["selector"]]
         selected += [item["spec"]["selector"]["matchLabels"]
-                     for item in find(objects, "PodDisruptionBudget") + find(objects, "ServiceMonitor")]
+                     for kind in ("PodDisruptionBudget", "ServiceMonitor")
+                     for item in find(objects, kind)]
         selected += [item["spec"]["podSelector"]["matchLabels"]
                      for item in find(objects, "NetworkPolicy")]
         for selector in selected:
             assert selector.items() <= labels.items(), f"{name}: {selector} selects no api pod"
         service = find(objects, "Service", "image-classifier-api")[0]
         (service_port,) = service["spec"]["ports"]
-        assert port_number(container, service_port["targetPort"]) == container["ports"][0]["containerPort"]
+        container_port = container["ports"][0]["containerPort"]
+        assert port_number(container, service_port["targetPort"]) == container_port
         (rule,) = find(objects, "Ingress")[0]["spec"]["rules"]
         backend = rule["http"]["paths"][0]["backend"]["service"]
-        assert (backend["name"], backend["port"]["name"]) == ("image-classifier-api", service_port["name"])
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] == service_port["name"]
         for monitor in find(objects, "ServiceMonitor"):
             assert monitor["spec"]["endpoints"][0]["port"] == service_port["name"]
         (policy,) = find(objects, "NetworkPolicy")
         (rule,) = policy["spec"]["ingress"]
         assert [port_number(container, entry["port"]) for entry in rule["ports"]] == [
-            container["ports"][0]["containerPort"]], f"{name}: the policy admits other ports"
+            container_port], f"{name}: the policy admits other ports"
         (autoscaler,) = find(objects, "HorizontalPodAutoscaler")
         assert autoscaler["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
         assert autoscaler["spec"]["minReplicas"] == deployment["spec"]["replicas"]

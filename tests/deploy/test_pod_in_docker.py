@@ -136,8 +136,8 @@ def volume_sources(pod, folder, models_dir):
 
 
 def built_image(image):
-    """Build the Dockerfile target that `image` (image-classifier-<target>:<tag>) names, once."""
-    target = image.split(":")[0].removeprefix("image-classifier-")
+    """Build, once, the Dockerfile target that `image` ([registry/]image-classifier-<target>) names."""
+    target = image.rpartition("/")[2].split(":")[0].removeprefix("image-classifier-")
     tag = f"image-classifier-{target}:k8s-test"
     if tag not in BUILT:
         docker("build", "--network", "host", "--target", target, "--tag", tag, str(support.ROOT),
@@ -167,7 +167,7 @@ class Kubelet:
         return 200 <= response.status_code < 400
 
     def first_success(self, name, budget):
-        """Seconds until probe `name` first passes, trying every periodSeconds; None if not in `budget`."""
+        """Seconds until probe `name` first passes, tried every periodSeconds; None past `budget`."""
         probe = self.container[name]
         started = time.monotonic()
         time.sleep(probe.get("initialDelaySeconds", 0))
