@@ -6,10 +6,13 @@ and CPU share; each memory emptyDir as a tmpfs and any other as a shared folder;
 models volume as a read-only bind mount of models/; the environment from the rendered
 ConfigMap (with a key standing in for the Secret). Init containers run to completion
 first, as the kubelet runs them. Then the startup, readiness and liveness probes are run
-the way the kubelet runs them, within the budgets the manifest gives them.
+the way the kubelet runs them, within the budgets the manifest gives them. The training
+Job's pod runs the same way on a copy of models/ and publishes a tiny model's version.
 """
 
+import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -31,6 +34,9 @@ if not support.docker_engine_answers():
 
 # The images this run built, as image-classifier-<target>:k8s-test.
 BUILT = set()
+TRAIN_SECONDS = 600
+TINY_TRAINING = ("--epochs", "1", "--batch-size", "16", "--width", "8", "--image-size", "16",
+                 "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32")
 BUILD_SECONDS = 1500
 # Readiness has no deadline in Kubernetes (the pod just takes no traffic); here it must
 # come within this long after the startup probe passed.
@@ -106,13 +112,13 @@ def container_command(container):
     return container.get("command", [])[1:] + container.get("args", [])
 
 
-def volume_sources(pod, folder, models_dir):
+def volume_sources(pod, folder, claims):
     """A stand-in for each of the pod's volumes: {volume name: `--mount` source}.
 
     A memory emptyDir is a tmpfs of its size (Docker cannot share one between containers,
     so only one container may mount it); any other emptyDir is a world-writable folder
-    under `folder`, as the kubelet makes one on the node's disk; the models claim is a
-    bind mount of `models_dir`.
+    under `folder`, as the kubelet makes one on the node's disk; a claim is a bind mount
+    of the host folder `claims` gives for its name.
     """
     mounts = [mount["name"] for container in pod["containers"] + pod.get("initContainers", [])
               for mount in container.get("volumeMounts", [])]
@@ -131,7 +137,8 @@ def volume_sources(pod, folder, models_dir):
             sources[volume["name"]] = f"type=bind,src={path}"
         else:
             assert "persistentVolumeClaim" in volume, f"volume {volume['name']}: no translation"
-            sources[volume["name"]] = f"type=bind,src={models_dir}"
+            sources[volume["name"]] = (
+                f"type=bind,src={claims[volume['persistentVolumeClaim']['claimName']]}")
     return sources
 
 
@@ -144,6 +151,11 @@ def built_image(image):
                timeout=BUILD_SECONDS)
         BUILT.add(tag)
     return tag
+
+
+def config_map_data(objects):
+    """{name: data} of the ConfigMaps among `objects`, as the cluster would hold them."""
+    return {item["metadata"]["name"]: item.get("data", {}) for item in find(objects, "ConfigMap")}
 
 
 class Kubelet:
@@ -191,15 +203,15 @@ def running_pod(request, tmp_path_factory):
     pod = find(objects, "Deployment", "image-classifier-api")[0]["spec"]["template"]["spec"]
     (api,) = pod["containers"]
     settings = settings_of(objects, api)
-    config_maps = {item["metadata"]["name"]: item.get("data", {})
-                   for item in find(objects, "ConfigMap")}
+    config_maps = config_map_data(objects)
     secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
     name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
     host_port = support.free_port()
     (container_port,) = [entry["containerPort"] for entry in api["ports"]]
     docker("network", "create", name)
     try:
-        volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"), support.ROOT / "models")
+        volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"),
+                                 {"image-classifier-models": support.ROOT / "models"})
         for init in pod.get("initContainers", []):
             docker("run", "--rm", "--name", f"{name}-{init['name']}", "--network", name,
                    *container_arguments(pod, init, volumes, config_maps, secrets),
@@ -254,4 +266,48 @@ def test_the_container_is_not_restarted_or_killed(running_pod):
     state = docker("inspect", "--format", "{{.State.Status}} {{.State.OOMKilled}} "
                    "{{.RestartCount}}", name)
     assert state == "running false 0", f"{state}{logs(name)}"
+
+
+def writable_by(folder, uid, gid):
+    """Hand `folder` to uid:gid when the runner may (root, as in CI), else open it to all.
+
+    What fsGroup does for a pod's volume: the pod's user can write the versions it publishes.
+    """
+    for path in [folder, *folder.rglob("*")]:
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        else:
+            path.chmod(path.stat().st_mode | 0o777 if path.is_dir() else 0o666)
+
+
+def test_the_training_job_publishes_a_version_under_its_pod_spec(tmp_path, shapes_dataset):
+    objects = render("jobs/train")
+    (job,) = find(objects, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    models_dir = tmp_path / "models"
+    shutil.copytree(support.ROOT / "models", models_dir,
+                    ignore=shutil.ignore_patterns(".tmp-*", "__pycache__"))
+    security = pod["securityContext"]
+    writable_by(models_dir, security["runAsUser"], security["fsGroup"])
+    versions = models_dir / trainer["args"][trainer["args"].index("--name") + 1]
+    expected = max(int(entry.name) for entry in versions.iterdir() if entry.name.isdigit()) + 1
+    volumes = volume_sources(pod, tmp_path, {"image-classifier-models": models_dir,
+                                              "image-classifier-training-data": shapes_dataset})
+    name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", name)
+    try:
+        # The Job's own command and arguments, then a tiny model instead of an hour of
+        # CIFAR-10 (a later option wins).
+        output = docker("run", "--rm", "--name", name, "--network", name,
+                        *container_arguments(pod, trainer, volumes, config_map_data(objects), {}),
+                        built_image(trainer["image"]), *container_command(trainer), *TINY_TRAINING,
+                        timeout=TRAIN_SECONDS)
+    finally:
+        docker("rm", "--force", name, check=False)
+        docker("network", "rm", name, check=False)
+    assert f"published: /app/models/{versions.name}/{expected}" in output, output[-LOG_TAIL:]
+    published = versions / str(expected)
+    assert (published / "metadata.json").is_file()
+    assert published.stat().st_uid == security["runAsUser"]
 
