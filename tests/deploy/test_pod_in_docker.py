@@ -1,13 +1,14 @@
 """The pod specs are not fiction: our images run under them and answer their probes.
 
-The api pod of each rendered overlay is translated to `docker run`: each container's user
-and groups, read-only root, dropped capabilities, no privilege escalation, memory limit
-and CPU share; each memory emptyDir as a tmpfs and any other as a shared folder; the
-models volume as a read-only bind mount of models/; the environment from the rendered
-ConfigMap (with a key standing in for the Secret). Init containers run to completion
-first, as the kubelet runs them. Then the startup, readiness and liveness probes are run
-the way the kubelet runs them, within the budgets the manifest gives them. The training
-Job's pod runs the same way on a copy of models/ and publishes a tiny model's version.
+The api pod of each rendered overlay, and the pod KServe makes for our serving runtime,
+is translated to `docker run`: each container's user and groups, read-only root, dropped
+capabilities, no privilege escalation, memory limit and CPU share; each memory emptyDir
+as a tmpfs and any other as a shared folder; the models volume as a read-only bind mount
+of models/; the environment from the rendered ConfigMap (with a key standing in for the
+Secret). Init containers run to completion first, as the kubelet runs them. Then the
+startup, readiness and liveness probes are run the way the kubelet runs them, within the
+budgets the manifest gives them. The training Job's pod runs the same way on a copy of
+models/ and publishes a tiny model's version.
 """
 
 import os
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from tests import support
-from tests.deploy.manifests import KUBECTL, find, render, settings_of
+from tests.deploy.manifests import KUBECTL, find, pods, render, settings_of
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -144,7 +145,8 @@ def volume_sources(pod, folder, claims):
 
 def built_image(image):
     """Build, once, the Dockerfile target that `image` ([registry/]image-classifier-<target>) names."""
-    target = image.rpartition("/")[2].split(":")[0].removeprefix("image-classifier-")
+    repository = image.rpartition("/")[2].split(":")[0]
+    target = repository.removeprefix("image-classifier-")
     tag = f"image-classifier-{target}:k8s-test"
     if tag not in BUILT:
         docker("build", "--network", "host", "--target", target, "--tag", tag, str(support.ROOT),
@@ -196,12 +198,34 @@ class Kubelet:
                 + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10))
 
 
-@pytest.fixture(scope="module", params=["overlays/production", "overlays/dev"])
+# The api pod of each overlay, and KServe's pod for our runtime.
+API_PODS = {"overlays/production": "Deployment/image-classifier-api",
+            "overlays/dev": "Deployment/image-classifier-api",
+            "kserve": "InferenceService/image-classifier"}
+# What KServe's webhook adds for a pvc:// storageUri: the claim, read-only at /mnt/models.
+KSERVE_MODEL_MOUNT = {"name": "kserve-pvc-source", "mountPath": "/mnt/models", "readOnly": True}
+
+
+def api_pod(kustomization):
+    """The objects, pod spec and api container of `kustomization`'s api, as the cluster runs them."""
+    objects = render(kustomization)
+    (pod,) = [pod for pod in pods(objects) if pod.where == API_PODS[kustomization]]
+    spec, (api,) = dict(pod.spec), pod.containers
+    spec["initContainers"] = pod.init_containers
+    if "model" in spec:
+        claim = spec["model"]["storageUri"].removeprefix("pvc://").split("/")[0]
+        spec["volumes"] = spec.get("volumes", []) + [{
+            "name": KSERVE_MODEL_MOUNT["name"],
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+        api = {**api, "volumeMounts": api.get("volumeMounts", []) + [KSERVE_MODEL_MOUNT]}
+    spec["containers"] = [api]
+    return objects, spec, api
+
+
+@pytest.fixture(scope="module", params=sorted(API_PODS))
 def running_pod(request, tmp_path_factory):
-    """The api pod of an overlay, started as its spec says; always removed after."""
-    objects = render(request.param)
-    pod = find(objects, "Deployment", "image-classifier-api")[0]["spec"]["template"]["spec"]
-    (api,) = pod["containers"]
+    """The api pod of an overlay (or KServe's), started as its spec says; always removed after."""
+    objects, pod, api = api_pod(request.param)
     settings = settings_of(objects, api)
     config_maps = config_map_data(objects)
     secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
@@ -212,7 +236,7 @@ def running_pod(request, tmp_path_factory):
     try:
         volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"),
                                  {"image-classifier-models": support.ROOT / "models"})
-        for init in pod.get("initContainers", []):
+        for init in pod["initContainers"]:
             docker("run", "--rm", "--name", f"{name}-{init['name']}", "--network", name,
                    *container_arguments(pod, init, volumes, config_maps, secrets),
                    built_image(init["image"]), *container_command(init))
