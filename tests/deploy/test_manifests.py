@@ -15,8 +15,9 @@ import pytest
 from service.config import Settings
 from tests import support
 from tests.deploy import crd_schemas
-from tests.deploy.manifests import (KUBECTL, SETTINGS_CONFIG_MAP, applied_directly, dockerfile_targets,
-                                    find, images, port_number, pods, render, settings_of)
+from tests.deploy.manifests import (KUBECTL, SETTINGS_CONFIG_MAP, applied_directly,
+                                    dockerfile_targets, find, images, port_number, pods, render,
+                                    settings_of)
 
 if KUBECTL is None:
     pytest.skip("kubectl is not installed: the Kubernetes manifests cannot be rendered",

@@ -36,8 +36,6 @@ if not support.docker_engine_answers():
 # The images this run built, as image-classifier-<target>:k8s-test.
 BUILT = set()
 TRAIN_SECONDS = 600
-TINY_TRAINING = ("--epochs", "1", "--batch-size", "16", "--width", "8", "--image-size", "16",
-                 "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32")
 BUILD_SECONDS = 1500
 # Readiness has no deadline in Kubernetes (the pod just takes no traffic); here it must
 # come within this long after the startup probe passed.
@@ -325,7 +323,8 @@ def test_the_training_job_publishes_a_version_under_its_pod_spec(tmp_path, shape
         # CIFAR-10 (a later option wins).
         output = docker("run", "--rm", "--name", name, "--network", name,
                         *container_arguments(pod, trainer, volumes, config_map_data(objects), {}),
-                        built_image(trainer["image"]), *container_command(trainer), *TINY_TRAINING,
+                        built_image(trainer["image"]), *container_command(trainer),
+                        "--epochs", "1", *support.TINY_MODEL_OPTIONS,
                         timeout=TRAIN_SECONDS)
     finally:
         docker("rm", "--force", name, check=False)
