@@ -71,3 +71,14 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
 # The same gunicorn settings the tests use; HOST, PORT, WORKERS and the rest come from the environment.
 CMD ["gunicorn", "-c", "service/gunicorn_conf.py"]
+
+# The shipped models as an image of their own (target `model`), for Kubernetes pods that
+# run with no models volume: an init container copies /models into the pod's emptyDir
+# (deploy/kubernetes/components/shipped-model). Built on the same base as the service, so a
+# node that already holds the api image pulls only the small models layer.
+#     docker build --target model -t image-classifier-model:<version> .
+FROM python:3.11-slim-bookworm AS model
+COPY deploy/copy-models.sh /usr/local/bin/copy-models
+COPY models/ /models/
+USER 1000:1000
+CMD ["copy-models", "/models", "/app/models"]

@@ -76,4 +76,5 @@ def pytest_collection_modifyitems(items):
 def pytest_report_header(config):
     """Say which optional tools were found, so skipped tests are no surprise."""
     return [f"docker engine: {'yes' if support.docker_engine_answers() else 'no'}",
-            f"chromium: {'yes' if os.path.exists(support.CHROMIUM) else 'no'}"]
+            f"chromium: {'yes' if os.path.exists(support.CHROMIUM) else 'no'}",
+            f"kubectl: {'yes' if shutil.which('kubectl') else 'no'}"]

@@ -52,14 +52,17 @@ def make_image_folder(folder, per_class=30, size=24):
     return folder
 
 
+# Training options for a model small enough to train in seconds on the drawn pictures.
+TINY_MODEL_OPTIONS = ("--batch-size", "16", "--width", "8", "--image-size", "16",
+                      "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32")
+
+
 def train_tiny_model(data_dir, output, *extra_args):
     """Train a very small model for a few epochs and publish it under output/; return its folder."""
     from model_training.train import main
 
     args = ["--data-dir", str(data_dir), "--output", str(output), "--epochs", "3",
-            "--batch-size", "16", "--width", "8", "--image-size", "16",
-            "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32",
-            *extra_args]
+            *TINY_MODEL_OPTIONS, *extra_args]
     status = main(args)
     assert status == 0, f"tiny training failed with status {status}"
     versions = sorted(Path(output).glob("*/*/metadata.json"))
