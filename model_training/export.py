@@ -10,8 +10,13 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 from model_training import data as datasets
 from model_training.publish import PublishError, replace_file, write_metadata
@@ -35,7 +40,7 @@ class ExportError(PublishError):
     """The converted model disagrees with the Keras model, so it must not be published."""
 
 
-def export_serving_forms(model, images: np.ndarray, folder: str,
+def export_serving_forms(model: "keras.Model", images: np.ndarray, folder: str,
                          min_agreement: float = MIN_TOP1_AGREEMENT) -> dict:
     """Convert `model`, check it on uint8 `images`, write both forms to `folder`; return the check.
 
@@ -61,7 +66,7 @@ def export_serving_forms(model, images: np.ndarray, folder: str,
             "saved_model": {"file": SAVED_MODEL_FILE, **SIGNATURE}}
 
 
-def serving_function(model):
+def serving_function(model: "keras.Model") -> "tf.types.experimental.GenericFunction":
     """The model as a tf.function of uint8 pixels, for any batch size: what both forms serve."""
     import tensorflow as tf
 
@@ -86,7 +91,7 @@ def compare(model, tflite: bytes, images: np.ndarray) -> dict:
             "max_probability_difference": float(np.abs(expected - converted).max())}
 
 
-def write_saved_model(serve, folder):
+def write_saved_model(serve: "tf.types.experimental.GenericFunction", folder: str) -> None:
     """Write the SavedModel into `folder` itself (saved_model.pb last), replacing any older one."""
     import keras
 
@@ -109,7 +114,8 @@ def write_saved_model(serve, folder):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_images(metadata: dict, data_dir: str | None, max_images: int, seed: int = 0):
+def check_images(metadata: dict, data_dir: str | None, max_images: int,
+                 seed: int = 0) -> tuple[np.ndarray, str]:
     """Images to check a converted model on (by default its own dataset's), and their source."""
     source = data_dir or metadata.get("dataset", {}).get("source", "")
     size, channels = metadata["input"]["height"], metadata["input"]["channels"]
@@ -154,7 +160,7 @@ def export_folder(folder: str, data_dir: str | None = None, max_images: int = 50
     return serving
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors a user can fix end with one line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m model_training.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

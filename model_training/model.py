@@ -150,7 +150,7 @@ class BiasScaledSGD(keras.optimizers.SGD):
         super().__init__(**kwargs)
         self.bias_scale = bias_scale
 
-    def apply(self, grads, trainable_variables=None):
+    def apply(self, grads: list, trainable_variables: list | None = None) -> None:
         variables = (self._trainable_variables if trainable_variables is None
                      else trainable_variables)
         grads = [grad * self.bias_scale if variable.path.endswith("beta") else grad

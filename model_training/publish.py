@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from service.artifact import METADATA_FILE, TEMPORARY_PREFIX, published_versions
 
@@ -12,7 +13,7 @@ class PublishError(Exception):
     """The model could not be written to the output folder."""
 
 
-def check_writable(model_dir):
+def check_writable(model_dir: str) -> None:
     """Fail before training, not after, when the output folder cannot be written.
 
     Folders this check had to create are removed again, so a run that fails
@@ -33,7 +34,7 @@ def check_writable(model_dir):
                 break
 
 
-def make_staging_folder(model_dir):
+def make_staging_folder(model_dir: str) -> str:
     """Create `model_dir` if needed and an empty temporary folder inside it; return its path."""
     try:
         os.makedirs(model_dir, exist_ok=True)
@@ -43,7 +44,8 @@ def make_staging_folder(model_dir):
                            f"{error.strerror}") from None
 
 
-def publish(model_dir, write_files):
+def publish(model_dir: str,
+            write_files: Callable[[str, int], None]) -> tuple[str, int]:
     """Write a version with `write_files(folder, version)`, then rename it into place.
 
     The folder gets its number only once every file is complete, so a reader
@@ -72,12 +74,12 @@ def publish(model_dir, write_files):
         raise
 
 
-def write_metadata(folder, metadata):
+def write_metadata(folder: str, metadata: dict) -> None:
     """Write metadata.json, readable by people and by the service."""
     replace_file(folder, METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
 
 
-def replace_file(folder, name, content: bytes):
+def replace_file(folder: str, name: str, content: bytes) -> None:
     """Write `folder/name` whole under a temporary name, then rename it into place.
 
     A reader never sees half a file, also when a file of a published version is replaced.

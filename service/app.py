@@ -14,7 +14,7 @@ from service.request_log import register_request_logging
 from service.routes import blueprint
 
 
-def create_app(settings=None, start_model_store=True):
+def create_app(settings: Settings | None = None, start_model_store: bool = True) -> Flask:
     """Build the Flask app; the model loads in the background unless told not to."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)

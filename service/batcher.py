@@ -5,8 +5,12 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.inference import ServingModel
 
 log = logging.getLogger("service.batcher")
 
@@ -37,11 +41,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
-    def expect(self):
+    def expect(self) -> "_Expectation":
         """Announce a request that will submit soon; use as a context manager around decoding."""
         return _Expectation(self)
 
-    def submit(self, model, images, expectation=None):
+    def submit(self, model: "ServingModel", images: np.ndarray,
+               expectation: "_Expectation | None" = None) -> np.ndarray:
         """Return the probabilities `model` gives for `images`, computed in some batch."""
         with self._changed:
             if expectation is not None:
@@ -150,13 +155,13 @@ class _Expectation:
         self._active = True
         return self
 
-    def settle_locked(self):
+    def settle_locked(self) -> None:
         """The request has submitted: stop counting it (the caller holds the batcher's lock)."""
         if self._active:
             self._batcher._expected -= 1
             self._active = False
 
-    def done(self):
+    def done(self) -> None:
         """The request has given up before submitting: stop waiting for it."""
         if self._active:
             self._active = False

@@ -1,6 +1,7 @@
 """Settings: every environment variable the service reads, each with a safe default."""
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 
@@ -36,7 +37,7 @@ class Settings:
     trusted_proxy_hops: int = 0
 
     @classmethod
-    def from_env(cls, environ=None):
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Read each field from the upper-case variable of the same name."""
         environ = os.environ if environ is None else environ
         values = {}
@@ -49,7 +50,7 @@ class Settings:
         settings.check()
         return settings
 
-    def check(self):
+    def check(self) -> None:
         """Refuse values that would make the service misbehave rather than start."""
         at_least_one = ("port", "workers", "threads", "max_request_bytes", "max_image_pixels",
                         "max_images_per_request", "default_top_k", "batch_max_size")
@@ -66,7 +67,7 @@ class Settings:
                                 f"not {self.log_level!r}")
 
     @property
-    def versions_dir(self):
+    def versions_dir(self) -> str:
         """The folder that holds the numbered versions of the served model."""
         return os.path.join(self.model_dir, self.model_name)
 

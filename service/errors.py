@@ -4,7 +4,7 @@ Below this layer, code raises domain errors that know nothing of HTTP (ImageErro
 UploadError, TensorError); the table here decides the status and code a client sees for each.
 """
 
-from flask import current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service.images import ImageError
@@ -34,13 +34,13 @@ class ApiError(Exception):
 
 # Routes of the Open Inference Protocol answer errors in the protocol's own shape.
 INFERENCE_PROTOCOL_PREFIX = "/v2"
-def as_api_error(error):
+def as_api_error(error: ImageError | UploadError | TensorError) -> "ApiError":
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
 
 
-def error_response(status, code, message):
+def error_response(status: int, code: str, message: str) -> Response:
     """Build the JSON answer DESIGN.md fixes for every error, or the protocol's under /v2."""
     path = request.path
     if path == INFERENCE_PROTOCOL_PREFIX or path.startswith(INFERENCE_PROTOCOL_PREFIX + "/"):
@@ -52,7 +52,7 @@ def error_response(status, code, message):
     return response
 
 
-def register_error_handlers(app):
+def register_error_handlers(app: Flask) -> None:
     """Turn every exception, expected or not, into the JSON error format."""
 
     @app.errorhandler(ApiError)

@@ -37,7 +37,8 @@ class ImageError(Exception):
         self.kind = kind
 
 
-def decode_image(data, height, width, channels, max_pixels):
+def decode_image(data: bytes, height: int, width: int, channels: int,
+                 max_pixels: int) -> np.ndarray:
     """Return the image in `data` as a (height, width, channels) uint8 array."""
     if not data:
         raise ImageError("empty", "The image is empty: send the bytes of a picture.")

@@ -67,7 +67,7 @@ class _Interpreter:
         self._output, self.output_shape = output["index"], tuple(output["shape"])
         self.run(np.zeros(self.input_shape, self.input_dtype))
 
-    def run(self, images):
+    def run(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for exactly this interpreter's batch shape."""
         self._interpreter.set_tensor(self._input, images)
         self._interpreter.invoke()

@@ -8,7 +8,8 @@ Reference: kserve/open-inference-protocol, specification/protocol/inference_rest
 """
 
 import numpy as np
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from service import metrics
 from service.errors import ApiError
@@ -37,19 +38,19 @@ BODY_TYPES = ("", "application/json", "application/octet-stream")
 
 
 @blueprint.get("")
-def server_metadata():
+def server_metadata() -> Response:
     """"Server Metadata": name, version and the extensions implemented."""
     return jsonify({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 @blueprint.get("/health/live")
-def server_live():
+def server_live() -> ResponseReturnValue:
     """"Server Live": the process answers."""
     return jsonify({"live": True})
 
 
 @blueprint.get("/health/ready")
-def server_ready():
+def server_ready() -> ResponseReturnValue:
     """"Server Ready": told by the status code, 200 once the model is loaded, else 503."""
     ready = current_app.extensions["model_store"].current is not None
     return jsonify({"ready": ready}), 200 if ready else 503
@@ -57,7 +58,7 @@ def server_ready():
 
 @blueprint.get("/models/<name>")
 @blueprint.get("/models/<name>/versions/<version>")
-def model_metadata(name, version=None):
+def model_metadata(name: str, version: str | None = None) -> Response:
     """"Model Metadata": inputs and outputs, -1 for the batch dimension."""
     model = _model(name, version)
     height, width, channels = model.input_shape
@@ -72,7 +73,7 @@ def model_metadata(name, version=None):
 
 @blueprint.get("/models/<name>/ready")
 @blueprint.get("/models/<name>/versions/<version>/ready")
-def model_ready(name, version=None):
+def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
     """"Model Ready": 200 when this model (and version) serves, 503 while none is loaded."""
     _check_name(name)
     model = current_app.extensions["model_store"].current
@@ -84,7 +85,7 @@ def model_ready(name, version=None):
 
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
-def infer(name, version=None):
+def infer(name: str, version: str | None = None) -> Response:
     """"Inference": classify a BYTES or UINT8 input through the shared batcher."""
     check_api_key()
     model = _model(name, version)

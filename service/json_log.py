@@ -24,7 +24,7 @@ NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object, with any `extra=` fields beside the message."""
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
         entry.update({key: value for key, value in vars(record).items()
@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level):
+def configure_logging(level: str) -> None:
     """Send the service's logs to standard output as JSON lines."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
@@ -44,7 +44,7 @@ def configure_logging(level):
     logger.propagate = False
 
 
-def gunicorn_logging(level):
+def gunicorn_logging(level: str) -> dict:
     """gunicorn's logconfig_dict: its lines, and other libraries', as JSON on standard output."""
     stdout = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
     return {
@@ -60,7 +60,7 @@ def gunicorn_logging(level):
     }
 
 
-def native_level(line):
+def native_level(line: str) -> str:
     """The level a native library's stderr line states, else WARNING."""
     match = NATIVE_LEVEL.match(line)
     return NATIVE_LEVELS[match.group(1) or match.group(2)] if match else logging.WARNING
@@ -80,7 +80,7 @@ class StderrRelay:
         self._mark = f"stderr-relay-drained-{uuid.uuid4().hex}"
         self._drained = threading.Event()
 
-    def start(self):
+    def start(self) -> "StderrRelay":
         """Put the pipe in place of stderr and start relaying."""
         read_end, write_end = os.pipe()
         sys.stderr.flush()
@@ -93,7 +93,7 @@ class StderrRelay:
         self._thread.start()
         return self
 
-    def drain(self, timeout=2.0):
+    def drain(self, timeout: float = 2.0) -> None:
         """Wait until every line written so far has been relayed; stderr stays relayed."""
         if self._original is None:
             return
@@ -102,7 +102,7 @@ class StderrRelay:
         os.write(2, f"{self._mark}\n".encode())
         self._drained.wait(timeout)
 
-    def stop(self, timeout=2.0):
+    def stop(self, timeout: float = 2.0) -> None:
         """Give stderr back, once the lines still in the pipe are written."""
         if self._original is None:
             return

@@ -1,6 +1,7 @@
 """Prometheus metrics, correct across gunicorn workers through multiprocess mode."""
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,6 +13,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+if TYPE_CHECKING:
+    from service.inference import ServingModel
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -30,7 +34,7 @@ MODEL_VERSION = Gauge("model_serving_version", "The model version each worker se
                       multiprocess_mode="liveall")
 
 
-def count_classified(labels):
+def count_classified(labels: list[str]) -> None:
     """Count classified images, one top-1 label each."""
     labels = list(labels)
     for label in labels:
@@ -38,13 +42,13 @@ def count_classified(labels):
     IMAGES_CLASSIFIED.inc(len(labels))
 
 
-def record_model_load(model, seconds):
+def record_model_load(model: "ServingModel", seconds: float) -> None:
     """Note a newly served version and how long it took to load."""
     MODEL_LOAD_SECONDS.observe(seconds)
     MODEL_VERSION.set(model.version)
 
 
-def render():
+def render() -> tuple[bytes, str]:
     """The metrics page and its content type, summed over workers when there are several."""
     if os.environ.get(MULTIPROCESS_ENV):
         registry = CollectorRegistry()

@@ -38,12 +38,12 @@ class ModelStore:
         self._failed = {}
         self._settled = threading.Event()
 
-    def start(self):
+    def start(self) -> "ModelStore":
         """Load in the background so the process answers liveness checks at once."""
         threading.Thread(target=self._run, name="model-store", daemon=True).start()
         return self
 
-    def wait_for_model(self, timeout):
+    def wait_for_model(self, timeout: float) -> ServingModel | None:
         """The serving model; while the first load is under way, wait up to `timeout` for it."""
         if self.current is None and self.state == ModelState.LOADING:
             self._settled.wait(timeout)
@@ -60,7 +60,7 @@ class ModelStore:
                 self._settled.set()
             time.sleep(self.poll_seconds)
 
-    def refresh(self):
+    def refresh(self) -> bool:
         """Serve the highest version that loads; return True when it changed."""
         current_version = self.current.version if self.current else None
         for version in reversed(published_versions(self.versions_dir)):

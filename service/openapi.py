@@ -1,5 +1,6 @@
 """The OpenAPI 3 document served at /openapi.json."""
 
+from service.config import Settings
 from service.images import SUPPORTED_FORMATS
 
 # Under /v2 errors take the Open Inference Protocol's own shape, {"error": "message"}.
@@ -29,7 +30,7 @@ ERROR_STATUSES = {
 }
 
 
-def openapi_document(settings, served_version=None):
+def openapi_document(settings: Settings, served_version: int | None = None) -> dict:
     """Describe every route, request form, answer and error of this service.
 
     `served_version`, when a model is loaded, is the one version the /v2 paths accept.

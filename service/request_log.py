@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 
-from flask import g, request
+from flask import Flask, g, request
 
 from service import metrics
 
@@ -14,7 +14,7 @@ VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("service.access")
 
 
-def register_request_logging(app):
+def register_request_logging(app: Flask) -> None:
     """Time every request, give it an id, log it and count it."""
 
     @app.before_request

@@ -1,7 +1,8 @@
 """The HTTP routes of DESIGN.md: predict, health, model, metrics, OpenAPI and the page."""
 
 import numpy as np
-from flask import Blueprint, current_app, g, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
 
 from service import metrics
 from service.errors import ApiError
@@ -13,7 +14,7 @@ from service.uploads import read_uploads
 blueprint = Blueprint("api", __name__)
 
 
-def parse_top_k(class_count):
+def parse_top_k(class_count: int) -> int:
     """Read ?top_k=, between 1 and the number of classes."""
     raw = request.args.get("top_k")
     if raw is None:
@@ -29,7 +30,7 @@ def parse_top_k(class_count):
 
 
 @blueprint.post("/predict")
-def predict():
+def predict() -> Response:
     """Classify every image in the request."""
     check_api_key()
     model = serving_model()
@@ -52,14 +53,14 @@ def predict():
 
 
 @blueprint.get("/health/live")
-def live():
+def live() -> Response:
     """The process is up and answering."""
     return jsonify({"status": "ok"})
 
 
 @blueprint.get("/health/ready")
 @blueprint.get("/health")
-def ready():
+def ready() -> ResponseReturnValue:
     """Ready once a model is loaded and warmed; 503 with the reason until then."""
     store = current_app.extensions["model_store"]
     model = store.current
@@ -70,7 +71,7 @@ def ready():
 
 
 @blueprint.get("/model")
-def model_info():
+def model_info() -> Response:
     """The serving version's metadata.json and when it was loaded."""
     model = serving_model()
     g.model_version = model.version
@@ -78,20 +79,20 @@ def model_info():
 
 
 @blueprint.get("/metrics")
-def metrics_page():
+def metrics_page() -> ResponseReturnValue:
     """Prometheus text format, summed over every worker."""
     body, content_type = metrics.render()
     return body, 200, {"Content-Type": content_type}
 
 
 @blueprint.get("/openapi.json")
-def openapi():
+def openapi() -> Response:
     """The OpenAPI 3 description of this API."""
     model = current_app.extensions["model_store"].current
     return jsonify(openapi_document(settings(), model.version if model else None))
 
 
 @blueprint.get("/")
-def page():
+def page() -> str:
     """A small page to upload an image and see the answer."""
     return render_template("index.html")

@@ -4,17 +4,19 @@ import hmac
 
 from flask import current_app, request
 
+from service.config import Settings
 from service.errors import ApiError
+from service.inference import ServingModel
 
 FIRST_LOAD_WAIT_SECONDS = 30
 
 
-def settings():
+def settings() -> Settings:
     """The Settings this app was created with."""
     return current_app.config["SETTINGS"]
 
 
-def serving_model():
+def serving_model() -> ServingModel:
     """The model that answers this request, or a 503 when none is ready."""
     store = current_app.extensions["model_store"]
     # A worker that is still loading its first model holds the request briefly instead of
@@ -25,7 +27,7 @@ def serving_model():
     return model
 
 
-def check_api_key():
+def check_api_key() -> None:
     """When API_KEY is set, require it as a Bearer token or an X-API-Key header."""
     expected = settings().api_key.encode()
     if not expected:

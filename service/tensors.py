@@ -85,7 +85,7 @@ class OutputTensor:
     binary: bool = False
 
 
-def parse_infer_request(body, header_length=None):
+def parse_infer_request(body: bytes, header_length: str | None = None) -> "InferRequest":
     """Read an inference request from its body and Inference-Header-Content-Length header."""
     header, binary = _split(body, header_length)
     request = _json_object(header)
@@ -112,7 +112,8 @@ def parse_infer_request(body, header_length=None):
     return InferRequest(request_id, tuple(parsed), outputs, binary_output)
 
 
-def encode_infer_response(header, outputs):
+def encode_infer_response(header: dict,
+                          outputs: list["OutputTensor"]) -> tuple[bytes, int | None]:
     """The body of an answer and its Inference-Header-Content-Length (None if all JSON)."""
     described, chunks = [], []
     for output in outputs:
@@ -132,7 +133,7 @@ def encode_infer_response(header, outputs):
     return b"".join([encoded, *chunks]), len(encoded)
 
 
-def encode_bytes_elements(elements):
+def encode_bytes_elements(elements: list[bytes]) -> bytes:
     """BYTES elements in the binary form: each one's 4-byte length, then its bytes."""
     return b"".join(LENGTH_PREFIX.pack(len(element)) + element for element in elements)
 

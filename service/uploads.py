@@ -4,6 +4,8 @@ import base64
 import json
 import re
 
+from flask import Request
+
 DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[^,]*)?,", re.ASCII)
 
 
@@ -15,7 +17,7 @@ class UploadError(Exception):
         self.kind = kind
 
 
-def read_uploads(request, max_images):
+def read_uploads(request: Request, max_images: int) -> list[tuple[str | None, bytes]]:
     """Return [(filename or None, bytes)] from multipart, raw-image or JSON bodies."""
     content_type = request.mimetype
     if content_type == "multipart/form-data":
@@ -76,7 +78,7 @@ def _decode_base64(text, index):
                           f"images[{index}] is not valid base64.") from None
 
 
-def decode_base64(text):
+def decode_base64(text: str) -> bytes:
     """The bytes of a base64 string or data: URL (whitespace ignored); ValueError if invalid."""
     match = DATA_URL.match(text)
     if match:
