@@ -53,14 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"{MIN_STEPS} steps)")
     parser.add_argument("--batch-size", type=positive_int, default=1024,
                         help="largest batch (1024; smaller for small folders)")
-    parser.add_argument("--patience", type=positive_int, default=3,
-                        help="epochs without a better validation loss before stopping (3)")
-    parser.add_argument("--learning-rate", type=positive_float, default=1.5,
-                        help="peak SGD learning rate per 1,024 images in a batch (1.5)")
-    parser.add_argument("--weight-decay", type=fraction, default=0.0089,
-                        help="decoupled weight decay, times the learning rate (0.0089)")
-    parser.add_argument("--label-smoothing", type=fraction, default=0.2,
-                        help="label smoothing (0.2)")
+    for flag, kind, default, text in RECIPE_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} ({default})")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                         help="serve the mean of the answers for the image and its mirror "
                              "(default: on)")
@@ -111,6 +105,17 @@ def fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+# The recipe's numbers (airbench's, for this CPU): flag, type, default, what it sets.
+RECIPE_OPTIONS = (
+    ("--patience", positive_int, 3,
+     "epochs without a better validation loss before stopping"),
+    ("--learning-rate", positive_float, 1.5,
+     "peak SGD learning rate per 1,024 images in a batch"),
+    ("--weight-decay", fraction, 0.0089, "decoupled weight decay, times the learning rate"),
+    ("--label-smoothing", fraction, 0.2, "label smoothing"),
+)
 
 
 def default_name(args: argparse.Namespace) -> str:
