@@ -1,7 +1,8 @@
 """Fuzz target: the metadata.json of a version folder that the service's model poller reads.
 
 A version with hostile metadata must be skipped with a logged reason; the poll itself must
-neither raise nor serve it. The folder's model.keras is not a model, so no input can load.
+neither raise nor serve it. The folder's model.tflite is not a model, so no input can load,
+but it is there: a version without it is skipped before its metadata is read at all.
 """
 
 import functools
@@ -9,6 +10,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from service.artifact import TFLITE_FILE
 from service.model_store import ModelStore
 
 DICTIONARY = "json.dict"
@@ -27,10 +29,10 @@ class Records(logging.Handler):
 
 @functools.cache
 def versions_folder():
-    """A folder with one version, 1, whose model.keras is not a model; and the log's records."""
+    """A folder with one version, 1, whose model.tflite is not a model; and the log's records."""
     folder = Path(tempfile.mkdtemp(prefix="fuzz-model-store-"))
     (folder / "1").mkdir()
-    (folder / "1" / "model.keras").write_bytes(b"PK\x03\x04 not a model")
+    (folder / "1" / TFLITE_FILE).write_bytes(b"TFL3 not a model")
     log = Records()
     logging.getLogger("service").addHandler(log)
     logging.getLogger("service").propagate = False
@@ -44,6 +46,9 @@ def test_one_input(data):
     log.records.clear()
     store = ModelStore(str(folder))
     if store.refresh() or store.current is not None:
-        raise AssertionError("a version whose model.keras is not a model was served")
+        raise AssertionError("a version whose model.tflite is not a model was served")
     if not any(getattr(record, "model_version", None) == 1 for record in log.records):
         raise AssertionError("the version was skipped without a logged reason")
+    if any("it has no" in record.getMessage() for record in log.records):
+        raise AssertionError("the version was skipped for a missing file: this target no "
+                             "longer reaches the metadata reader")
