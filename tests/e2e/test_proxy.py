@@ -379,7 +379,15 @@ def test_no_request_fails_when_one_replica_is_killed_and_another_stopped(stack):
         # SIGTERM: gunicorn finishes what it has, then exits; `docker stop` waits for it.
         stack.docker("stop", replicas[1])
         time.sleep(3)
-    assert load.failures() == [], load.failures()[:10]
+    # Every request that no replica had started to answer is retried on another. What no
+    # proxy can save is an answer already under way when SIGKILL lands: gunicorn writes an
+    # answer's headers and its body separately, and once nginx has relayed the headers it
+    # can only cut the connection. So the only failures allowed are answers cut off at the
+    # moment of the kill, at most one per client; after SIGTERM, none at all.
+    cut_at_kill = [(answered, outcome) for answered, outcome in load.failures()
+                   if "IncompleteRead" in outcome and abs(answered - killed_at) < 2]
+    assert load.failures() == cut_at_kill, load.failures()[:10]
+    assert len(cut_at_kill) <= LOAD_CLIENTS
     assert sum(1 for answered, _ in load.answers if answered > killed_at) > 100
     assert stack.compose("ps", "--quiet", "api").stdout.split() == [replicas[2]]
 
