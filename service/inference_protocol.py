@@ -13,8 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from service import metrics
 from service.errors import ApiError
-from service.images import decode_image
-from service.serving import check_api_key, serving_model, settings
+from service.serving import check_api_key, decode_batch, serving_model, settings
 from service.tensors import (
     OutputTensor,
     RequestedOutput,
@@ -174,8 +173,7 @@ def _images(inputs, model):
                           "too_many_images")
     if tensor.name == PIXELS_INPUT:
         return np.ascontiguousarray(tensor.data)
-    return np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)
-                     for data in tensor.data])
+    return decode_batch(tensor.data, model)
 
 
 def _requested_outputs(parsed, model):

@@ -1,6 +1,7 @@
 """Prometheus metrics, correct across gunicorn workers through multiprocess mode."""
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -34,7 +35,7 @@ MODEL_VERSION = Gauge("model_serving_version", "The model version each worker se
                       multiprocess_mode="liveall")
 
 
-def count_classified(labels: list[str]) -> None:
+def count_classified(labels: Iterable[str]) -> None:
     """Count classified images, one top-1 label each."""
     labels = list(labels)
     for label in labels:

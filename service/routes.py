@@ -1,14 +1,12 @@
 """The HTTP routes of DESIGN.md: predict, health, model, metrics, OpenAPI and the page."""
 
-import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from service import metrics
 from service.errors import ApiError
-from service.images import decode_image
 from service.openapi import openapi_document
-from service.serving import check_api_key, serving_model, settings
+from service.serving import check_api_key, decode_batch, serving_model, settings
 from service.uploads import read_uploads
 
 blueprint = Blueprint("api", __name__)
@@ -38,9 +36,7 @@ def predict() -> Response:
     batcher = current_app.extensions["batcher"]
     with batcher.expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
-        height, width, channels = model.input_shape
-        images = np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)
-                           for _, data in uploads])
+        images = decode_batch((data for _, data in uploads), model)
         probabilities = batcher.submit(model, images, expectation)
     g.model_version, g.image_count = model.version, len(uploads)
     predictions = []

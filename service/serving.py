@@ -1,11 +1,14 @@
 """What every route that serves the model shares: settings, the serving model and the API key."""
 
 import hmac
+from collections.abc import Iterable
 
+import numpy as np
 from flask import current_app, request
 
 from service.config import Settings
 from service.errors import ApiError
+from service.images import decode_image
 from service.inference import ServingModel
 
 FIRST_LOAD_WAIT_SECONDS = 30
@@ -42,3 +45,10 @@ def check_api_key() -> None:
         raise ApiError(401, "unauthorized",
                        "A valid API key is required: send 'Authorization: Bearer <key>' "
                        "or 'X-API-Key: <key>'.")
+
+
+def decode_batch(encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
+    """Decode encoded images into one uint8 batch in `model`'s input size, under the pixel limit."""
+    height, width, channels = model.input_shape
+    return np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)
+                     for data in encoded])
