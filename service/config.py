@@ -18,10 +18,10 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     # Measured on the 2-core machine (README, "Benchmark"): two workers use both cores
-    # (one is held to about one core by the GIL), eight threads each, and one XNNPACK
-    # thread per worker so their model calls do not fight over the cores.
+    # (one is held to about one core by the GIL), sixteen threads each, so that 32 clients
+    # each have a thread.
     workers: int = 2
-    threads: int = 8
+    threads: int = 16
     max_request_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 32
@@ -30,6 +30,8 @@ class Settings:
     batch_max_size: int = 32
     batch_max_wait_ms: float = 5.0
     model_poll_seconds: float = 5.0
+    # One XNNPACK thread per worker, so that the workers' model calls do not fight over
+    # the cores (README: more threads for a lone request cost 2 to 4 clients dearly).
     model_threads: int = 1
     log_level: str = "info"
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:

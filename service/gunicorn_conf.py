@@ -17,7 +17,9 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
 
 wsgi_app = "service.wsgi:app"
 bind = f"{settings.host}:{settings.port}"
-worker_class = "gthread"
+# gunicorn's gthread worker, except that a thread answers a connection's back-to-back
+# requests itself while every connection can have a thread (service/gunicorn_worker.py).
+worker_class = "service.gunicorn_worker.LingeringThreadWorker"
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
 # evenly over the workers; on one shared socket, whichever worker wakes first takes them,
 # and kept-alive clients can end up nearly all on one worker while the other idles.

@@ -7,6 +7,7 @@ model stays near 100 MiB.
 
 import datetime
 import json
+import math
 import os
 import threading
 
@@ -16,6 +17,22 @@ from ai_edge_litert.interpreter import Interpreter
 from service.artifact import METADATA_FILE, TFLITE_FILE, missing_files
 
 EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cores(cpu_max_path: str = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(cpu_max_path, encoding="ascii") as file:
+            quota, period = file.read().split()[:2]
+        if quota == "max":
+            return cores
+        share = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 file, or not understood
+        return cores
+    # A container limited to 1.5 CPUs gets 2 threads: XNNPACK splits work evenly anyway.
+    return max(1, min(cores, math.ceil(share)))
 
 
 class ModelLoadError(Exception):
@@ -31,7 +48,7 @@ class LiteRunner:
     """
 
     def __init__(self, model_content: bytes, max_batch_size: int = 1, threads: int = 0):
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = threads or usable_cores()
         self.sizes = [1 << power for power in range(max(1, max_batch_size).bit_length())]
         self._interpreters = {size: _Interpreter(model_content, size, threads)
                               for size in self.sizes}

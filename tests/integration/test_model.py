@@ -39,6 +39,27 @@ def test_the_network_adapts_to_the_input_size_and_channels(shape):
     assert np.allclose(np.sum(probabilities, axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_cutout_greys_one_square_of_each_training_image_and_nothing_at_inference(size):
+    model = make_model((size, size, 3), 3, width=8, cutout=0.375)
+    augment = keras.Model(model.input, model.get_layer("augment_cutout").output)
+    images = np.full((8, size, size, 3), 255, np.float32)
+    erased = np.asarray(augment(images, training=True))
+    side = round(0.375 * size)
+    for image in erased:
+        rows, columns = np.nonzero(np.all(image == 0.5, axis=-1))
+        # One square, of the asked side (to a pixel), wholly inside the picture.
+        assert abs(len(rows) - side * side) <= 2 * side
+        assert rows.max() - rows.min() + 1 in (side - 1, side, side + 1)
+        assert columns.max() - columns.min() + 1 in (side - 1, side, side + 1)
+    assert np.all(np.asarray(augment(images, training=False)) == 1.0)
+
+
+def test_without_cutout_there_is_no_erasing_layer():
+    names = {layer.name for layer in make_model((16, 16, 3), 3, width=8, cutout=0).layers}
+    assert "augment_cutout" not in names and "augment_shift" in names
+
+
 def test_identity_init_makes_each_second_convolution_pass_its_input_through():
     model = make_model((16, 16, 3), 3, width=8)
     identity_init(model)

@@ -74,9 +74,18 @@ def test_small_folders_get_smaller_batches_and_more_epochs():
     assert small["batch_size"] == 32 and small["steps"] >= train.MIN_STEPS
     large = train.plan_training(args, 42_750)
     assert large == {"batch_size": 1024, "epochs": train.DEFAULT_EPOCHS,
+                     "patience": max(3, train.DEFAULT_EPOCHS // 4),
                      "steps": 42 * train.DEFAULT_EPOCHS, "peak_learning_rate": 1.5}
     asked = train.plan_training(train.parse_args(["--data-dir", "x", "--epochs", "2"]), 300)
     assert asked["epochs"] == 2 and asked["peak_learning_rate"] == 1.5 * 32 / 1024
+    assert asked["patience"] == 3
+
+
+def test_patience_is_a_quarter_of_the_epochs_unless_given():
+    args = train.parse_args(["--data-dir", "x", "--epochs", "40"])
+    assert train.plan_training(args, 42_750)["patience"] == 10
+    args = train.parse_args(["--data-dir", "x", "--epochs", "40", "--patience", "2"])
+    assert train.plan_training(args, 42_750)["patience"] == 2
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path, shapes_dataset):

@@ -15,6 +15,8 @@ def logged_client(capsys, hops, headers, peer="10.0.0.9"):
     response = app.test_client().get("/health/live", headers=headers,
                                      environ_base={"REMOTE_ADDR": peer})
     assert response.status_code == 200
+    # A WSGI server closes the response once it is sent; the log line is written then.
+    response.close()
     [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
               if '"path": "/health/live"' in line]
     return line["client"]
@@ -32,3 +34,14 @@ def test_without_a_proxy_the_connection_is_the_client_whatever_the_headers_say(c
 def test_behind_one_proxy_the_address_it_appended_is_the_client(capsys, forwarded, client):
     assert logged_client(capsys, 1, {"X-Forwarded-For": forwarded}) == client
 
+
+
+def test_the_request_line_is_logged_once_the_answer_is_out_not_before(capsys):
+    app = create_app(Settings(), start_model_store=False)
+    capsys.readouterr()
+    response = app.test_client().get("/health/live", headers={"X-Request-ID": "after-close"})
+    assert "after-close" not in capsys.readouterr().out
+    response.close()
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+              if "after-close" in line]
+    assert line["status"] == 200 and line["duration_ms"] > 0
