@@ -7,11 +7,13 @@ from service import metrics
 from service.batcher import Batcher
 from service.config import Settings
 from service.errors import register_error_handlers
+from service.inference import usable_cores
 from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
 from service.model_store import ModelStore
 from service.request_log import register_request_logging
 from service.routes import blueprint
+from service.worker_activity import activity, register_worker_activity
 
 
 def create_app(settings: Settings | None = None, start_model_store: bool = True) -> Flask:
@@ -33,11 +35,15 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
 
     store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
                        warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,
-                       threads=settings.model_threads)
+                       threads=settings.model_threads,
+                       # One worker per core: a lone request may borrow the idle workers' cores.
+                       all_core_threads=min(usable_cores(), settings.workers))
     app.extensions["model_store"] = store
     app.extensions["batcher"] = Batcher(settings.batch_max_size,
                                         settings.batch_max_wait_ms / 1000,
-                                        on_batch=metrics.BATCH_SIZE.observe)
+                                        on_batch=metrics.BATCH_SIZE.observe,
+                                        may_use_all_cores=activity.others_idle)
+    register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)
     app.register_blueprint(blueprint)

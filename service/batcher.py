@@ -26,13 +26,16 @@ class Batcher:
     with `expect()`), up to `max_wait_seconds` after the oldest queued request
     was submitted, and takes up to `max_batch_size` images in one call. A
     request is never split: one with more images than `max_batch_size` is one
-    call of its own.
+    call of its own. A request run at once may use every core when
+    `may_use_all_cores()` says so (no other worker has a request in flight).
     """
 
-    def __init__(self, max_batch_size=32, max_wait_seconds=0.005, on_batch=None):
+    def __init__(self, max_batch_size=32, max_wait_seconds=0.005, on_batch=None,
+                 may_use_all_cores=None):
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
         self.on_batch = on_batch
+        self.may_use_all_cores = may_use_all_cores
         self._pending = collections.deque()
         self._pending_images = 0
         self._expected = 0
@@ -62,8 +65,9 @@ class Batcher:
         if not alone:
             return future.result()
         # Running here rather than on the batcher's thread saves two thread hand-offs.
+        all_cores = self.may_use_all_cores is not None and self.may_use_all_cores()
         try:
-            return self._call_model(model, images)
+            return self._call_model(model, images, all_cores)
         finally:
             with self._changed:
                 self._model_busy = False
@@ -83,9 +87,9 @@ class Batcher:
                 or self._pending_images >= self.max_batch_size):
             self._changed.notify()
 
-    def _call_model(self, model, images):
+    def _call_model(self, model, images, all_cores=False):
         """One model call, counted."""
-        probabilities = model.infer(images)
+        probabilities = model.infer(images, all_cores=all_cores)
         # Counted before the answers go out, so a client that reads the metrics next sees it.
         if self.on_batch:
             try:

@@ -8,6 +8,7 @@ from gunicorn.glogging import Logger
 
 from service.config import Settings
 from service.json_log import StderrRelay, gunicorn_logging
+from service.worker_activity import activity
 
 settings = Settings.from_env()
 
@@ -61,9 +62,15 @@ def on_starting(server):
     os.makedirs(folder, exist_ok=True)
 
 
+def pre_fork(server, worker):
+    """Give the worker about to be forked a busy flag of its own (service/worker_activity.py)."""
+    worker.activity_slot = activity.take_slot()
+
+
 def post_fork(server, worker):
     """Relay the worker's stderr before it imports anything that prints there."""
     stderr_relay.start()
+    activity.slot = worker.activity_slot
 
 
 def worker_exit(server, worker):
@@ -72,10 +79,11 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    """Forget a dead worker's live gauges."""
+    """Forget a dead worker's live gauges and its busy flag."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    activity.release_slot(worker.activity_slot)
 
 
 def when_ready(server):

@@ -94,7 +94,8 @@ class _Interpreter:
 class ServingModel:
     """One loaded, warmed model version and the metadata that describes it."""
 
-    def __init__(self, path: str | os.PathLike, warm_batch_size: int = 1, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, warm_batch_size: int = 1, threads: int = 0,
+                 all_core_threads: int = 0):
         missing = missing_files(path)
         if missing:
             raise ModelLoadError(f"it has no {' or '.join(missing)}"
@@ -119,6 +120,10 @@ class ServingModel:
             # Every batch size up to the batcher's largest is allocated and warmed now,
             # so that no request pays for it.
             self._run = LiteRunner(content, warm_batch_size, threads)
+            # For a call made while no other worker needs the cores (service/worker_activity.py).
+            all_core_threads = all_core_threads or usable_cores()
+            self._run_all_cores = (self._run if all_core_threads == (threads or usable_cores())
+                                   else LiteRunner(content, warm_batch_size, all_core_threads))
         except OSError as error:
             raise ModelLoadError(f"unreadable {TFLITE_FILE}: {error.strerror}") from None
         except (ValueError, RuntimeError) as error:
@@ -137,9 +142,12 @@ class ServingModel:
                 f"model takes {runner.input_shape} and gives {runner.output_shape[-1]} scores, "
                 f"but the metadata says {self.input_shape} and {len(self.classes)} classes")
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for a uint8 batch of shape (count, height, width, channels)."""
-        return self._run(images)
+    def infer(self, images: np.ndarray, all_cores: bool = False) -> np.ndarray:
+        """Class probabilities for a uint8 batch of shape (count, height, width, channels).
+
+        `all_cores`: nothing else in the service needs the cores now, so use all of them.
+        """
+        return (self._run_all_cores if all_cores else self._run)(images)
 
     def rank(self, scores: np.ndarray, top_k: int) -> list[dict]:
         """The `top_k` labels with the highest of one image's `scores`, best first."""

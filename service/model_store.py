@@ -25,12 +25,14 @@ class ModelStore:
     """Holds the serving version; a background thread keeps it the newest loadable one."""
 
     def __init__(self, versions_dir, poll_seconds=5.0, warm_batch_size=1, on_load=None,
-                 threads=0):
+                 threads=0, all_core_threads=0):
         self.versions_dir = versions_dir
         self.poll_seconds = poll_seconds
         self.warm_batch_size = warm_batch_size
         # Threads for one model call; 0 means every core.
         self.threads = threads
+        # Threads for a call made while no other worker is busy.
+        self.all_core_threads = all_core_threads
         self.on_load = on_load
         self.current = None
         self.state, self.reason = ModelState.LOADING, "the model is loading"
@@ -93,7 +95,8 @@ class ModelStore:
             return None, 0
         started = time.monotonic()
         try:
-            loaded = ServingModel(path, self.warm_batch_size, self.threads)
+            loaded = ServingModel(path, self.warm_batch_size, self.threads,
+                                  self.all_core_threads)
         except ModelLoadError as error:
             self._failed[version] = (stamp, str(error))
             log.error("model version %s failed to load and is skipped: %s", version, error,

@@ -18,9 +18,11 @@ class FakeModel:
         self.fail = fail
         self.batch_sizes = []
         self.calls = []
+        self.all_cores = []
 
-    def infer(self, images):
+    def infer(self, images, all_cores=False):
         self.batch_sizes.append(len(images))
+        self.all_cores.append(all_cores)
         self.calls.append(images.copy())
         time.sleep(self.seconds)
         if self.fail:
@@ -59,6 +61,18 @@ def test_a_lone_request_is_not_delayed_by_the_max_wait():
     assert time.monotonic() - started < 1.0
     assert answer.tolist() == [[5]]
     assert model.batch_sizes == [1]
+
+
+def test_a_lone_request_uses_every_core_only_when_told_it_may():
+    model = FakeModel()
+    for allowed in (True, False):
+        batcher = Batcher(max_batch_size=32, max_wait_seconds=2.0,
+                          may_use_all_cores=lambda allowed=allowed: allowed)
+        with batcher.expect() as expectation:
+            batcher.submit(model, images_of(5), expectation)
+    # A gathered batch keeps to its worker's share of the cores, whatever the others do.
+    submit_together(batcher, model, [images_of(value) for value in range(4)])
+    assert model.all_cores == [True, False, False] and model.batch_sizes == [1, 1, 4]
 
 
 def test_a_request_waits_for_announced_company_at_most_the_max_wait():
