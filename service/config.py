@@ -31,7 +31,8 @@ class Settings:
     batch_max_wait_ms: float = 5.0
     model_poll_seconds: float = 5.0
     # One XNNPACK thread per worker, so that the workers' model calls do not fight over
-    # the cores (README: more threads for a lone request cost 2 to 4 clients dearly).
+    # the cores. A request alone in the whole service uses every core instead
+    # (service/worker_activity.py).
     model_threads: int = 1
     log_level: str = "info"
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
