@@ -32,12 +32,14 @@ class ApiError(Exception):
         self.message = message
 
 
-# Routes of the Open Inference Protocol answer errors in the protocol's own shape.
-INFERENCE_PROTOCOL_PREFIX = "/v2"
-def as_api_error(error: ImageError | UploadError | TensorError) -> "ApiError":
+def as_api_error(error: ImageError | UploadError | TensorError) -> ApiError:
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
+
+
+# Routes of the Open Inference Protocol answer errors in the protocol's own shape.
+INFERENCE_PROTOCOL_PREFIX = "/v2"
 
 
 def error_response(status: int, code: str, message: str) -> Response:

@@ -119,10 +119,11 @@ class ServingModel:
                 content = file.read()
             # Every batch size up to the batcher's largest is allocated and warmed now,
             # so that no request pays for it.
+            cores = usable_cores()
+            threads, all_core_threads = threads or cores, all_core_threads or cores
             self._run = LiteRunner(content, warm_batch_size, threads)
             # For a call made while no other worker needs the cores (service/worker_activity.py).
-            all_core_threads = all_core_threads or usable_cores()
-            self._run_all_cores = (self._run if all_core_threads == (threads or usable_cores())
+            self._run_all_cores = (self._run if all_core_threads == threads
                                    else LiteRunner(content, warm_batch_size, all_core_threads))
         except OSError as error:
             raise ModelLoadError(f"unreadable {TFLITE_FILE}: {error.strerror}") from None

@@ -65,7 +65,8 @@ class ModelStore:
     def refresh(self) -> bool:
         """Serve the highest version that loads; return True when it changed."""
         current_version = self.current.version if self.current else None
-        for version in reversed(published_versions(self.versions_dir)):
+        versions = published_versions(self.versions_dir)
+        for version in reversed(versions):
             if version == current_version:
                 return False
             loaded, seconds = self._load(version)
@@ -81,7 +82,7 @@ class ModelStore:
                 self.on_load(loaded, seconds)
             return True
         if self.current is None:
-            self._explain_no_model()
+            self._explain_no_model(versions)
         return False
 
     def _load(self, version):
@@ -106,10 +107,9 @@ class ModelStore:
         self._failed.pop(version, None)
         return loaded, time.monotonic() - started
 
-    def _explain_no_model(self):
-        """Set the state and reason /health/ready gives while no version serves."""
-        failed = [version for version in published_versions(self.versions_dir)
-                  if version in self._failed]
+    def _explain_no_model(self, versions):
+        """Set the state and reason /health/ready gives while none of `versions` serves."""
+        failed = [version for version in versions if version in self._failed]
         if failed:
             newest = failed[-1]
             self.state = ModelState.LOAD_FAILED
