@@ -193,6 +193,39 @@ class WarmupLinearDecay(LearningRateSchedule):
                 "start": self.start, "end": self.end}
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every few steps, pull the weights towards a slow copy, restart from it.
+
+    The slow copy follows the weights ever more slowly as training goes on (its decay grows
+    with the cube of the progress, to `final_decay`), so the last, noisy steps count less.
+    Each epoch's last step pulls too, so validation, early stopping's saved weights and the
+    trained model are all the slow copy. Batch-normalization statistics are averaged too.
+    """
+
+    def __init__(self, total_steps: int, every: int = 5, final_decay: float = 0.95 ** 5):
+        super().__init__()
+        self.total_steps, self.every, self.final_decay = max(1, total_steps), every, final_decay
+        self.step = 0
+        self.tracked, self.slow = [], []
+
+    def on_train_begin(self, logs=None):
+        self.tracked = [variable for variable in self.model.weights
+                        if "float" in str(variable.dtype)]
+        self.slow = [ops.convert_to_numpy(variable) for variable in self.tracked]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0 or batch + 1 == self.params.get("steps"):
+            self.pull(self.final_decay * min(1.0, self.step / self.total_steps) ** 3)
+
+    def pull(self, decay: float) -> None:
+        """slow <- decay * slow + (1 - decay) * weights; then weights <- slow."""
+        for index, variable in enumerate(self.tracked):
+            self.slow[index] = (decay * self.slow[index]
+                                + (1 - decay) * ops.convert_to_numpy(variable))
+            variable.assign(self.slow[index])
+
+
 def compile_model(model: keras.Model, schedule: float | LearningRateSchedule,
                   momentum: float = 0.85, weight_decay: float = 0.0089,
                   label_smoothing: float = 0.2) -> keras.Model:

@@ -20,6 +20,7 @@ from model_training import evaluate
 from model_training.data import LabelledImages
 from model_training.export import export_serving_forms
 from model_training.model import (
+    Lookahead,
     WarmupLinearDecay,
     compile_model,
     identity_init,
@@ -62,6 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                         help="serve the mean of the answers for the image and its mirror "
                              "(default: on)")
+    parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                        help="every 5 steps, pull the weights towards a slow average of them "
+                             "and end on it, as airbench (default: on)")
     parser.add_argument("--width", type=positive_int, default=64,
                         help="filters in the first conv group; the others have 4 times as many "
                              "(64)")
@@ -262,9 +266,10 @@ def fit(model: keras.Model, train_set: LabelledImages, validation_set: LabelledI
     # stops improving (a small or noisy dataset), and it keeps the best epoch's weights.
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=plan["patience"], restore_best_weights=True, verbose=1)
+    callbacks = ([Lookahead(plan["steps"])] if args.lookahead else []) + [early_stopping]
     started = time.monotonic()
     history = model.fit(training_data, validation_data=validation_data, epochs=plan["epochs"],
-                        callbacks=[early_stopping], shuffle=False,
+                        callbacks=callbacks, shuffle=False,
                         verbose=2 if not sys.stdout.isatty() else 1)
     return history, time.monotonic() - started
 
@@ -327,6 +332,7 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
             "weight_decay": args.weight_decay,
             "label_smoothing": args.label_smoothing,
             "cutout": args.cutout,
+            "lookahead": args.lookahead,
             "flip_test_time_augmentation": args.flip_tta,
             "precision": precision,
             "seed": args.seed,

@@ -4,7 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from model_training.model import BiasScaledSGD, WarmupLinearDecay, identity_init, make_model, whiten
+from model_training.model import (
+    BiasScaledSGD,
+    Lookahead,
+    WarmupLinearDecay,
+    identity_init,
+    make_model,
+    whiten,
+)
 
 
 def correlated_images(count=400, size=16, seed=0):
@@ -85,3 +92,37 @@ def test_the_schedule_warms_up_then_decays_linearly():
     schedule = WarmupLinearDecay(peak=2.0, total_steps=100)
     values = [float(schedule(step)) for step in (0, 23, 100, 200)]
     assert values == pytest.approx([0.4, 2.0, 0.14, 0.14])
+
+
+def small_model():
+    """A dense layer and batch normalization: weights and statistics for the lookahead."""
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization()(keras.layers.Dense(3)(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def test_a_lookahead_pull_moves_weights_and_statistics_towards_the_slow_copy():
+    model = small_model()
+    lookahead = Lookahead(total_steps=10)
+    lookahead.set_model(model)
+    lookahead.on_train_begin()
+    assert len(lookahead.tracked) == 6  # kernel, bias, gamma, beta, moving mean and variance
+    slow = [np.array(variable) for variable in lookahead.tracked]
+    for variable in lookahead.tracked:
+        variable.assign(np.array(variable) + 4.0)
+    lookahead.pull(0.75)
+    for variable, kept, start in zip(lookahead.tracked, lookahead.slow, slow, strict=True):
+        assert np.allclose(np.array(variable), start + 1.0)  # a quarter of the way
+        assert np.allclose(kept, start + 1.0)
+
+
+def test_training_with_the_lookahead_ends_each_epoch_on_the_slow_copy():
+    model = small_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    lookahead = Lookahead(total_steps=14)
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(56, 4)), rng.normal(size=(56, 3)), batch_size=8, epochs=2,
+              callbacks=[lookahead], verbose=0)  # 7 steps an epoch: pulls at 5, 7, 10, 14
+    assert lookahead.step == 14
+    for variable, slow in zip(lookahead.tracked, lookahead.slow, strict=True):
+        assert np.allclose(np.array(variable), slow)
