@@ -19,12 +19,10 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
 wsgi_app = "service.wsgi:app"
 bind = f"{settings.host}:{settings.port}"
 # gunicorn's gthread worker, except that a thread answers a connection's back-to-back
-# requests itself while every connection can have a thread (service/gunicorn_worker.py).
+# requests itself while every connection can have a thread, and the workers share the
+# connections evenly; they all accept on the master's one socket, so no reuse_port
+# (service/gunicorn_worker.py).
 worker_class = "service.gunicorn_worker.LingeringThreadWorker"
-# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
-# evenly over the workers; on one shared socket, whichever worker wakes first takes them,
-# and kept-alive clients can end up nearly all on one worker while the other idles.
-reuse_port = True
 workers = settings.workers
 threads = settings.threads
 # No preload: each worker loads the model after the fork, so no interpreter or thread
@@ -85,7 +83,3 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
     activity.release_slot(worker.activity_slot)
 
-
-def when_ready(server):
-    """Say where the workers listen: with reuse_port the master holds no socket to name."""
-    server.log.info("Workers listen at http://%s (SO_REUSEPORT, one socket each)", bind)

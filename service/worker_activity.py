@@ -1,10 +1,14 @@
-"""Which gunicorn workers are busy: one byte per worker, in memory the master shares with them.
+"""What each gunicorn worker is doing, in memory the master shares with them.
 
-A request that finds its worker idle runs its model call at once (service/batcher.py).
-When every other worker is idle too, that call may use their cores as well, and a lone
-client is answered sooner. When another worker is busy, extra threads would only fight
-it for the cores: two clients, one on each worker, lost nearly half their throughput
-that way (README, "Benchmark").
+Two things per worker:
+- **busy**: whether it has a request in flight. A request that finds its worker idle runs
+  its model call at once (service/batcher.py). When every other worker is idle too, that
+  call may use their cores as well, and a lone client is answered sooner. When another
+  worker is busy, extra threads would only fight it for the cores: two clients, one on
+  each worker, lost nearly half their throughput that way (README, "Benchmark").
+- **connections**: how many it holds, or none while it does not accept. A worker takes a
+  new connection only while no other accepting worker holds fewer
+  (service/gunicorn_worker.py), so kept-alive clients are spread evenly.
 
 The master makes the memory when gunicorn reads its config, before any fork, and gives
 each new worker a free slot (`take_slot`, then `release_slot` when it exits). Outside
@@ -17,14 +21,18 @@ import threading
 from flask import Flask, g
 
 SLOTS = 64
+NOT_ACCEPTING = -1
 
 
 class WorkerActivity:
-    """A busy flag per worker slot, shared by every process forked after it was made."""
+    """Per worker slot, a busy flag and a connection count, seen by every process forked later."""
 
     def __init__(self, slots: int = SLOTS):
-        # An anonymous shared mapping: forked workers see the master's, and no file is made.
+        # Anonymous shared mappings: forked workers see the master's, and no file is made.
         self._flags = mmap.mmap(-1, slots)
+        self._connections = memoryview(mmap.mmap(-1, 4 * slots)).cast("i")
+        for slot in range(slots):
+            self._connections[slot] = NOT_ACCEPTING
         self._taken: set[int] = set()  # in the master only
         self.slot: int | None = None  # in a worker: its own
         self._in_flight = 0
@@ -36,13 +44,16 @@ class WorkerActivity:
         if free is not None:
             self._taken.add(free)
             self._flags[free] = 0
+            self._connections[free] = NOT_ACCEPTING
         return free
 
     def release_slot(self, slot: int | None) -> None:
-        """Free the slot of a worker that exited (master); it no longer counts as busy."""
+        """Free the slot of a worker that exited (master); it no longer counts as busy or
+        as accepting."""
         if slot is not None:
             self._taken.discard(slot)
             self._flags[slot] = 0
+            self._connections[slot] = NOT_ACCEPTING
 
     def request_started(self) -> None:
         """Count a request of this worker in; the first one makes the worker busy."""
@@ -66,6 +77,17 @@ class WorkerActivity:
             return True
         flags = self._flags[:]
         return flags.count(1) == flags[self.slot]
+
+    def set_connections(self, count: int | None) -> None:
+        """Publish how many connections this worker holds; None while it does not accept."""
+        if self.slot is not None:
+            self._connections[self.slot] = NOT_ACCEPTING if count is None else count
+
+    def fewest_connections_elsewhere(self) -> int | None:
+        """The fewest connections any other accepting worker holds; None when there is none."""
+        counts = [count for slot, count in enumerate(self._connections)
+                  if slot != self.slot and count != NOT_ACCEPTING]
+        return min(counts) if self.slot is not None and counts else None
 
 
 # The one instance: made when gunicorn's master imports its config, inherited by each worker.

@@ -1,12 +1,16 @@
-"""The lingering gthread worker: kept-alive connections are answered however their requests come."""
+"""The lingering gthread worker: kept-alive connections are answered however their requests
+come, and spread evenly over the workers."""
 
+import contextlib
 import http.client
 import json
+import os
+import signal
 import socket
 import time
 import urllib.parse
 
-from service.gunicorn_worker import LINGER_SECONDS
+from service.gunicorn_worker import BALANCE_TRUST_SECONDS, LINGER_SECONDS
 from tests import support
 
 
@@ -92,3 +96,113 @@ def test_a_client_that_goes_away_between_requests_leaves_the_worker_serving(serv
         assert predict(connection, image)[0] == 200
         connection.close()
     assert predict(connect(server), image)[0] == 200
+
+
+def worker_pids(server):
+    """The pids of the server's gunicorn workers (the master's children)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server.process.pid:
+            children.append(int(entry))
+    return sorted(children)
+
+
+def connections_per_worker(server):
+    """How many established connections to the server's port each worker holds."""
+    port = f":{server.port:04X}"
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(port) and fields[3] == "01":  # 01: established
+                    sockets.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in worker_pids(server):
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in descriptors
+                          if _readlink(f"/proc/{pid}/fd/{fd}") in sockets)
+    return counts
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return None
+
+
+def test_kept_alive_connections_are_shared_evenly_between_the_workers(start_service, models_dir):
+    server = start_service(models_dir, workers=2)
+    support.poll(lambda: len(worker_pids(server)) == 2, 30, lambda: server.log())
+    for _ in range(3):  # a fresh set of connections each round: no lucky hash passes thrice
+        connections = [connect(server) for _ in range(12)]
+        for connection in connections:
+            ask_live(connection)
+        counts = sorted(connections_per_worker(server).values())
+        assert counts == [6, 6], counts
+        for connection in connections:
+            connection.close()
+        support.poll(lambda: sum(connections_per_worker(server).values()) == 0, 10,
+                     lambda: "the workers kept closed connections")
+
+
+def ask_live(connection):
+    """GET /health/live on `connection`; return the response, its body read."""
+    connection.request("GET", "/health/live")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    return response
+
+
+@contextlib.contextmanager
+def emptier_worker_stopped(server):
+    """Give one of two workers a connection, and stop the other (SIGSTOP) for the block;
+    yield (that connection, the busier worker's pid, the stopped one's)."""
+    support.poll(lambda: len(worker_pids(server)) == 2, 30, lambda: server.log())
+    first = connect(server)
+    ask_live(first)
+    busier = next(pid for pid, count in connections_per_worker(server).items() if count)
+    emptier = next(pid for pid in worker_pids(server) if pid != busier)
+    os.kill(emptier, signal.SIGSTOP)  # it holds fewer connections, but takes none now
+    try:
+        yield first, busier, emptier
+    finally:
+        os.kill(emptier, signal.SIGCONT)
+
+
+def test_a_stopped_worker_with_fewer_connections_keeps_no_connection_out(start_service,
+                                                                          models_dir):
+    server = start_service(models_dir, workers=2)
+    with emptier_worker_stopped(server) as (_, busier, emptier):
+        connections = [connect(server) for _ in range(4)]  # kept open: each stays counted
+        for connection in connections:
+            ask_live(connection)
+        assert connections_per_worker(server) == {busier: 5, emptier: 0}
+
+
+def test_a_worker_holding_more_than_its_share_sends_clients_to_the_other(start_service,
+                                                                         models_dir):
+    server = start_service(models_dir, workers=2)
+    with emptier_worker_stopped(server) as (first, busier, emptier):
+        connections = [first] + [connect(server) for _ in range(5)]
+        for connection in connections[1:]:
+            ask_live(connection)
+        assert connections_per_worker(server) == {busier: 6, emptier: 0}
+    # Once the other worker has taken connections again, each answer of the fuller one
+    # says Connection: close until the two are within one; the client reconnects.
+    time.sleep(BALANCE_TRUST_SECONDS)
+    closed = 0
+    for index, connection in enumerate(connections):
+        if ask_live(connection).getheader("Connection") == "close":
+            closed += 1
+            connections[index] = connect(server)
+            ask_live(connections[index])
+    assert closed >= 2
+    support.poll(lambda: sorted(connections_per_worker(server).values()) == [3, 3], 5,
+                 lambda: f"not shared evenly: {connections_per_worker(server)}")

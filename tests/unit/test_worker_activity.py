@@ -77,3 +77,25 @@ def test_every_request_is_counted_in_and_out_once(monkeypatch, path, status):
     app = create_app(Settings(), start_model_store=False)
     assert app.test_client().get(path).status_code == status
     assert counting.events == ["in", "out"]
+
+
+def test_a_worker_sees_the_fewest_connections_other_accepting_workers_hold():
+    activity, other, third = (WorkerActivity(slots=4) for _ in range(3))
+    other._connections = third._connections = activity._connections  # one memory, three views
+    activity.slot, other.slot, third.slot = (activity.take_slot() for _ in range(3))
+    assert activity.fewest_connections_elsewhere() is None  # the others do not accept yet
+    other.set_connections(5)
+    third.set_connections(3)
+    activity.set_connections(0)  # its own count never counts against itself
+    assert activity.fewest_connections_elsewhere() == 3
+    assert third.fewest_connections_elsewhere() == 0
+    third.set_connections(None)  # stopped accepting: no longer counted
+    assert activity.fewest_connections_elsewhere() == 5
+    activity.release_slot(other.slot)  # exited: the master frees its count with its slot
+    assert activity.fewest_connections_elsewhere() is None
+
+
+def test_outside_gunicorn_no_other_worker_holds_connections():
+    activity = WorkerActivity()
+    activity.set_connections(7)
+    assert activity.slot is None and activity.fewest_connections_elsewhere() is None
