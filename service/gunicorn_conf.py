@@ -61,7 +61,8 @@ def on_starting(server):
 
 
 def pre_fork(server, worker):
-    """Give the worker about to be forked a busy flag of its own (service/worker_activity.py)."""
+    """Give the worker about to be forked a slot of its own: its busy flag and connection
+    count (service/worker_activity.py)."""
     worker.activity_slot = activity.take_slot()
 
 
@@ -77,7 +78,7 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    """Forget a dead worker's live gauges and its busy flag."""
+    """Forget a dead worker's live gauges and its slot (busy flag and connection count)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -137,20 +137,18 @@ class LingeringThreadWorker(ThreadWorker):
 
 def _connection_waiting(listeners) -> bool:
     """Whether a new connection waits on any of `listeners` to be accepted."""
-    try:
-        readable, _, _ = select.select(listeners, [], [], 0)
-    except (OSError, ValueError):  # a listener closed meanwhile
-        return False
-    return bool(readable)
+    return _readable(listeners, 0)
 
 
 def _next_request_soon(conn) -> bool:
     """Whether the next request is already read ahead, or arrives within LINGER_SECONDS."""
-    if conn.parser.unreader.buf.getvalue():
-        return True
+    return bool(conn.parser.unreader.buf.getvalue()) or _readable([conn.sock], LINGER_SECONDS)
+
+
+def _readable(sockets, timeout: float) -> bool:
+    """Whether any of `sockets` is readable within `timeout` seconds."""
     try:
-        readable, _, _ = select.select([conn.sock], [], [], LINGER_SECONDS)
-    except (OSError, ValueError):  # the socket was closed meanwhile
+        readable, _, _ = select.select(sockets, [], [], timeout)
+    except (OSError, ValueError):  # a socket was closed meanwhile
         return False
     return bool(readable)
-
