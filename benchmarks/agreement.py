@@ -18,6 +18,7 @@ import numpy as np
 import requests
 
 from benchmarks.processes import Server
+from benchmarks.run_benchmark import newest_version
 from model_training import data as datasets
 from model_training import model as _registered_layers  # noqa: F401  (custom layers)
 from model_training.train import parse_args as training_args
@@ -37,10 +38,9 @@ def held_out_files(data_dir: str, count: int) -> tuple[list[str], list[str], lis
     return [paths[i] for i in test], classes, [int(labels[i]) for i in test]
 
 
-def offline_labels(model_dir: str, version: int, paths: list[str], classes: list[str]) -> list:
+def offline_labels(version_dir: str, paths: list[str], classes: list[str]) -> list:
     """The Keras model's top label for each file, decoded as the service decodes it."""
-    model = keras.saving.load_model(os.path.join(model_dir, str(version), KERAS_FILE),
-                                    compile=False)
+    model = keras.saving.load_model(os.path.join(version_dir, KERAS_FILE), compile=False)
     height, width, channels = model.input_shape[1:]
     images = np.stack([decode_image(open(path, "rb").read(), height, width, channels,
                                     Settings().max_image_pixels) for path in paths])
@@ -65,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="the training folder (class subfolders)")
     parser.add_argument("--models", default=os.path.join(ROOT, "models"))
     parser.add_argument("--model-name", default="cifar10")
-    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--version", type=int,
+                        help="the version to compare (default: the newest, as the service serves)")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--port", type=int, default=18010)
     parser.add_argument("--min", type=float, default=0.999, help="agreement required (0.999)")
     args = parser.parse_args(argv)
     paths, classes, truth = held_out_files(args.data_dir, args.count)
-    model_dir = os.path.join(args.models, args.model_name)
-    offline = offline_labels(model_dir, args.version, paths, classes)
+    version_dir = (os.path.join(args.models, args.model_name, str(args.version)) if args.version
+                   else newest_version(args.models, args.model_name))
+    offline = offline_labels(version_dir, paths, classes)
     log = os.path.join(tempfile.mkdtemp(prefix="agreement-"), "service.log")
     server = Server("service", [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],
                     args.port, {"HOST": "127.0.0.1", "PORT": str(args.port),

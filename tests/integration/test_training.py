@@ -75,6 +75,7 @@ def test_small_folders_get_smaller_batches_and_more_epochs():
     large = train.plan_training(args, 42_750)
     assert large == {"batch_size": 1024, "epochs": train.DEFAULT_EPOCHS,
                      "patience": max(3, train.DEFAULT_EPOCHS // 4),
+                     "early_stopping_from_epoch": train.DEFAULT_EPOCHS // 2,
                      "steps": 42 * train.DEFAULT_EPOCHS, "peak_learning_rate": 1.5}
     asked = train.plan_training(train.parse_args(["--data-dir", "x", "--epochs", "2"]), 300)
     assert asked["epochs"] == 2 and asked["peak_learning_rate"] == 1.5 * 32 / 1024
@@ -86,6 +87,42 @@ def test_patience_is_a_quarter_of_the_epochs_unless_given():
     assert train.plan_training(args, 42_750)["patience"] == 10
     args = train.parse_args(["--data-dir", "x", "--epochs", "40", "--patience", "2"])
     assert train.plan_training(args, 42_750)["patience"] == 2
+
+
+def test_early_stopping_watches_only_the_second_half_of_the_schedule(monkeypatch):
+    """A noisy loss near the peak learning rate must neither stop the run nor pick its weights."""
+    args = train.parse_args(["--data-dir", "x", "--epochs", "30"])
+    plan = train.plan_training(args, 42_750)
+    assert plan["early_stopping_from_epoch"] == 15
+    made = {}
+
+    class Recorded(keras.callbacks.EarlyStopping):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            made["callback"] = self
+
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", Recorded)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    stopping = None
+
+    def fake_fit(data, validation_data, epochs, callbacks, **kwargs):
+        nonlocal stopping
+        stopping = made["callback"]
+        stopping.set_model(model)
+        stopping.on_train_begin()
+        # Best loss in the warm-up, then worse for longer than the patience, then better.
+        losses = [1.0, 0.5] + [2.0] * 12 + [1.5, 1.4, 1.3]
+        for epoch, loss in enumerate(losses):
+            stopping.on_epoch_end(epoch, {"val_loss": loss})
+            if model.stop_training:
+                break
+        return keras.callbacks.History()
+
+    monkeypatch.setattr(model, "fit", fake_fit)
+    data = train.LabelledImages(np.zeros((4, 1), np.uint8), np.zeros(4, np.int32), ["a"])
+    train.fit(model, data, data, args, plan)
+    assert not model.stop_training and stopping.best == 1.3
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path, shapes_dataset):
