@@ -1,6 +1,6 @@
 """The baseline peer: the pattern most tutorials ship, Flask's own server calling model.predict.
 
-Run: python -m benchmarks.peer_app --model models/cifar10/1 --port 18001
+Run: python -m benchmarks.peer_app --model models/cifar10/2 --port 18001
 It loads the same version's model.keras with Keras (TensorFlow), decodes the same way
 as the service, then calls `model.predict` once per request from Flask's threaded
 development server.

@@ -1,7 +1,7 @@
 """Write a model's serving forms beside model.keras: model.tflite (api), a SavedModel (TF Serving).
 
 Add them to a version folder made before they existed, in place:
-    python -m model_training.export models/cifar10/1
+    python -m model_training.export models/cifar10/2
 """
 
 import argparse
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors a user can fix end with one line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m model_training.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/1")
+    parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/2")
     parser.add_argument("--data-dir", help="class subfolders of images to check the converted "
                         "model on (default: the dataset named in metadata.json, when it is here)")
     parser.add_argument("--max-images", type=int, default=5000,
