@@ -6,8 +6,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from service import metrics
 from service.batcher import Batcher
 from service.config import Settings
+from service.cpus import service_cores
 from service.errors import register_error_handlers
-from service.inference import usable_cores
 from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
 from service.model_store import ModelStore
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
                        warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,
                        threads=settings.model_threads,
                        # One worker per core: a lone request may borrow the idle workers' cores.
-                       all_core_threads=min(usable_cores(), settings.workers))
+                       all_core_threads=min(service_cores(), settings.workers))
     app.extensions["model_store"] = store
     app.extensions["batcher"] = Batcher(settings.batch_max_size,
                                         settings.batch_max_wait_ms / 1000,

@@ -34,6 +34,8 @@ class Settings:
     # the cores. A request alone in the whole service uses every core instead
     # (service/worker_activity.py).
     model_threads: int = 1
+    # 1: each worker runs on its own share of the CPUs (service/cpus.py); 0: anywhere.
+    pin_workers: int = 1
     log_level: str = "info"
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
@@ -63,6 +65,8 @@ class Settings:
         for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
+        if self.pin_workers not in (0, 1):
+            raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
         if self.model_poll_seconds <= 0:
             raise SettingsError("MODEL_POLL_SECONDS must be above 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

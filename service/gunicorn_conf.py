@@ -7,6 +7,7 @@ import tempfile
 from gunicorn.glogging import Logger
 
 from service.config import Settings
+from service.cpus import pin_worker
 from service.json_log import StderrRelay, gunicorn_logging
 from service.worker_activity import activity
 
@@ -67,7 +68,13 @@ def pre_fork(server, worker):
 
 
 def post_fork(server, worker):
-    """Relay the worker's stderr before it imports anything that prints there."""
+    """Put the worker on its own CPUs before it starts a thread; relay its stderr before it
+    imports anything that prints there."""
+    if settings.pin_workers:
+        try:
+            pin_worker(worker.activity_slot, settings.workers)
+        except OSError as error:  # a sandbox may refuse; the worker then runs anywhere
+            server.log.warning("worker not pinned to its CPUs: %s", error.strerror)
     stderr_relay.start()
     activity.slot = worker.activity_slot
 

@@ -7,7 +7,6 @@ model stays near 100 MiB.
 
 import datetime
 import json
-import math
 import os
 import threading
 
@@ -15,24 +14,9 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from service.artifact import METADATA_FILE, TFLITE_FILE, missing_files
+from service.cpus import on_service_cpus, usable_cores
 
 EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
-
-
-def usable_cores(cpu_max_path: str = CGROUP_CPU_MAX) -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        with open(cpu_max_path, encoding="ascii") as file:
-            quota, period = file.read().split()[:2]
-        if quota == "max":
-            return cores
-        share = int(quota) / int(period)
-    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 file, or not understood
-        return cores
-    # A container limited to 1.5 CPUs gets 2 threads: XNNPACK splits work evenly anyway.
-    return max(1, min(cores, math.ceil(share)))
 
 
 class ModelLoadError(Exception):
@@ -122,9 +106,13 @@ class ServingModel:
             cores = usable_cores()
             threads, all_core_threads = threads or cores, all_core_threads or cores
             self._run = LiteRunner(content, warm_batch_size, threads)
-            # For a call made while no other worker needs the cores (service/worker_activity.py).
-            self._run_all_cores = (self._run if all_core_threads == threads
-                                   else LiteRunner(content, warm_batch_size, all_core_threads))
+            # For a call made while no other worker needs the cores (service/worker_activity.py):
+            # its XNNPACK threads may run on theirs too (service/cpus.py).
+            if all_core_threads == threads:
+                self._run_all_cores = self._run
+            else:
+                with on_service_cpus():
+                    self._run_all_cores = LiteRunner(content, warm_batch_size, all_core_threads)
         except OSError as error:
             raise ModelLoadError(f"unreadable {TFLITE_FILE}: {error.strerror}") from None
         except (ValueError, RuntimeError) as error:

@@ -187,3 +187,17 @@ def docker_engine_answers():
         return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def worker_pids(server):
+    """The pids of the server's gunicorn workers (the master's children)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server.process.pid:
+            children.append(int(entry))
+    return sorted(children)

@@ -98,20 +98,6 @@ def test_a_client_that_goes_away_between_requests_leaves_the_worker_serving(serv
     assert predict(connect(server), image)[0] == 200
 
 
-def worker_pids(server):
-    """The pids of the server's gunicorn workers (the master's children)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == server.process.pid:
-            children.append(int(entry))
-    return sorted(children)
-
-
 def connections_per_worker(server):
     """How many established connections to the server's port each worker holds."""
     port = f":{server.port:04X}"
@@ -123,7 +109,7 @@ def connections_per_worker(server):
                 if fields[1].endswith(port) and fields[3] == "01":  # 01: established
                     sockets.add(f"socket:[{fields[9]}]")
     counts = {}
-    for pid in worker_pids(server):
+    for pid in support.worker_pids(server):
         descriptors = os.listdir(f"/proc/{pid}/fd")
         counts[pid] = sum(1 for fd in descriptors
                           if _readlink(f"/proc/{pid}/fd/{fd}") in sockets)
@@ -139,7 +125,7 @@ def _readlink(path):
 
 def test_kept_alive_connections_are_shared_evenly_between_the_workers(start_service, models_dir):
     server = start_service(models_dir, workers=2)
-    support.poll(lambda: len(worker_pids(server)) == 2, 30, lambda: server.log())
+    support.poll(lambda: len(support.worker_pids(server)) == 2, 30, lambda: server.log())
     for _ in range(3):  # a fresh set of connections each round: no lucky hash passes thrice
         connections = [connect(server) for _ in range(12)]
         for connection in connections:
@@ -164,11 +150,11 @@ def ask_live(connection):
 def emptier_worker_stopped(server):
     """Give one of two workers a connection, and stop the other (SIGSTOP) for the block;
     yield (that connection, the busier worker's pid, the stopped one's)."""
-    support.poll(lambda: len(worker_pids(server)) == 2, 30, lambda: server.log())
+    support.poll(lambda: len(support.worker_pids(server)) == 2, 30, lambda: server.log())
     first = connect(server)
     ask_live(first)
     busier = next(pid for pid, count in connections_per_worker(server).items() if count)
-    emptier = next(pid for pid in worker_pids(server) if pid != busier)
+    emptier = next(pid for pid in support.worker_pids(server) if pid != busier)
     os.kill(emptier, signal.SIGSTOP)  # it holds fewer connections, but takes none now
     try:
         yield first, busier, emptier

@@ -28,6 +28,7 @@ def test_each_setting_is_read_from_its_upper_case_variable():
     ("MODEL_POLL_SECONDS", "0", "MODEL_POLL_SECONDS must be above 0"),
     ("LOG_LEVEL", "loud", "LOG_LEVEL must be"),
     ("TRUSTED_PROXY_HOPS", "-1", "TRUSTED_PROXY_HOPS must not be negative"),
+    ("PIN_WORKERS", "2", "PIN_WORKERS must be 1 .on. or 0 .off."),
 ])
 def test_unusable_values_are_refused_with_the_variable_named(variable, value, words):
     with pytest.raises(SettingsError, match=words):

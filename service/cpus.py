@@ -1,0 +1,97 @@
+"""The CPUs the service may use, and each gunicorn worker's own share of them.
+
+Each worker runs on CPUs of its own: as gunicorn forks a worker, it pins it to its part of
+an even split (`pin_worker`). A worker runs a request's Python on about one core anyway
+(the GIL), and its model thread then shares that core with its own request threads, not
+with the other worker's. Left to the kernel, both workers' threads ran on both cores: a
+request thread holding its worker's GIL was descheduled for a thread of the other worker,
+and every other request of its worker waited meanwhile. At 32 clients on two cores, pinned
+workers answered more requests per second with a lower p99 in every round measured
+(README, "Benchmark").
+
+The one exception is a request alone in the whole service (service/worker_activity.py):
+its model call borrows the idle workers' cores, so the interpreters for that call are
+made `on_service_cpus()`, and their XNNPACK threads may run wherever the service may.
+"""
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Set
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+# In a pinned worker: every CPU the service may use, as it was before the worker was pinned.
+_service_cpus: frozenset[int] | None = None
+
+
+def usable_cores(cpu_max_path: str = CGROUP_CPU_MAX, cpus: Set[int] | None = None) -> int:
+    """How many cores `cpus` (default: this thread's affinity) give, capped by a cgroup v2
+    CPU quota."""
+    cores = len(os.sched_getaffinity(0) if cpus is None else cpus)
+    try:
+        with open(cpu_max_path, encoding="ascii") as file:
+            quota, period = file.read().split()[:2]
+        if quota == "max":
+            return cores
+        share = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 file, or not understood
+        return cores
+    # A container limited to 1.5 CPUs gets 2 threads: XNNPACK splits work evenly anyway.
+    return max(1, min(cores, math.ceil(share)))
+
+
+def service_cpus() -> set[int]:
+    """Every CPU the service may use: in a pinned worker, all workers' shares together."""
+    return set(_service_cpus) if _service_cpus is not None else os.sched_getaffinity(0)
+
+
+def service_cores(cpu_max_path: str = CGROUP_CPU_MAX) -> int:
+    """How many cores the whole service may use, capped by a cgroup v2 CPU quota."""
+    return usable_cores(cpu_max_path, service_cpus())
+
+
+def worker_share(cpus: Set[int], slot: int | None, workers: int) -> set[int] | None:
+    """The CPUs of the worker in `slot`: its part of `cpus` split evenly among `workers`.
+
+    None (run anywhere) for a lone worker, a worker without a slot, or more workers than
+    CPUs, where an even split is impossible and the kernel balances them better.
+    """
+    ordered = sorted(cpus)
+    if slot is None or workers < 2 or workers > len(ordered):
+        return None
+    # A worker forked while another still stops (a reload) has a higher slot: wrap it.
+    part = slot % workers
+    return set(ordered[part * len(ordered) // workers:(part + 1) * len(ordered) // workers])
+
+
+def pin_worker(slot: int | None, workers: int) -> set[int] | None:
+    """Run this process's current thread, and every thread it starts from now on, on the
+    share of the CPUs that belongs to the worker in `slot` (in a worker, just forked).
+
+    Returns the share, or None where there is none; OSError where the system refuses.
+    """
+    global _service_cpus
+    cpus = os.sched_getaffinity(0)
+    share = worker_share(cpus, slot, workers)
+    if share is not None:
+        os.sched_setaffinity(0, share)
+        _service_cpus = frozenset(cpus)
+    return share
+
+
+@contextlib.contextmanager
+def on_service_cpus() -> Iterator[None]:
+    """Run the body on every CPU of the service, and so the threads it starts (the calling
+    thread's own affinity comes back afterwards)."""
+    own, wanted = os.sched_getaffinity(0), service_cpus()
+    try:
+        if own != wanted:
+            os.sched_setaffinity(0, wanted)
+    except OSError:  # refused: the body runs on this worker's share, only slower
+        own = wanted = None
+    try:
+        yield
+    finally:
+        if own != wanted:
+            os.sched_setaffinity(0, own)

@@ -1,0 +1,72 @@
+"""gunicorn's workers each run on their own share of the CPUs (service/cpus.py), as the
+kernel reports it for every thread in /proc."""
+
+import os
+
+import pytest
+import requests
+
+from tests import support
+
+EVERY_CPU = frozenset(os.sched_getaffinity(0))
+
+pytestmark = pytest.mark.skipif(len(EVERY_CPU) < 2, reason="needs at least two CPUs")
+
+
+def parse_cpu_list(text):
+    """The CPUs of a kernel CPU list such as '0-3,6'."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+def cpus_of(pid, thread=None):
+    """The CPUs a thread of `pid` may run on (its main thread when none is named)."""
+    with open(f"/proc/{pid}/task/{thread or pid}/status") as status:
+        line = next(line for line in status if line.startswith("Cpus_allowed_list:"))
+    return parse_cpu_list(line.split(":", 1)[1].strip())
+
+
+def threads_cpus(pid):
+    """The CPUs of every thread of `pid`, one entry per thread."""
+    cpus = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpus.append(cpus_of(pid, thread))
+        except (OSError, StopIteration):  # the thread ended meanwhile
+            continue
+    return cpus
+
+
+def workers_of(server, count):
+    """The pids of the server's `count` workers, once that many have started."""
+    support.poll(lambda: len(support.worker_pids(server)) == count, 30, server.log)
+    return support.worker_pids(server)
+
+
+def test_each_worker_has_cpus_of_its_own_and_only_a_lone_call_may_use_every_cpu(
+        start_service, models_dir):
+    server = start_service(models_dir, workers=2)
+    workers = workers_of(server, 2)
+    shares = [cpus_of(pid) for pid in workers]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == EVERY_CPU
+    assert abs(len(shares[0]) - len(shares[1])) <= 1
+    # Once its model is loaded, each worker also holds the interpreters for a request alone
+    # in the service, whose XNNPACK threads may run on every CPU; nothing else may.
+    support.poll(lambda: all(EVERY_CPU in threads_cpus(pid) for pid in workers), 60,
+                 lambda: f"no thread on every CPU: {[threads_cpus(pid) for pid in workers]}"
+                         f"\n{server.log()}")
+    for pid, share in zip(workers, shares, strict=True):
+        assert set(threads_cpus(pid)) == {share, EVERY_CPU}
+    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+    answer = requests.post(server.url("/predict"), files={"file": ("red.jpg", image)},
+                           timeout=10)
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"]
+
+
+def test_with_pin_workers_0_every_thread_may_run_on_every_cpu(start_service, models_dir):
+    server = start_service(models_dir, workers=2, pin_workers=0)
+    for pid in workers_of(server, 2):
+        assert set(threads_cpus(pid)) == {EVERY_CPU}
