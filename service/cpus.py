@@ -54,15 +54,18 @@ def service_cores(cpu_max_path: str = CGROUP_CPU_MAX) -> int:
 def worker_share(cpus: Set[int], slot: int | None, workers: int) -> set[int] | None:
     """The CPUs of the worker in `slot`: its part of `cpus` split evenly among `workers`.
 
-    None (run anywhere) for a lone worker, a worker without a slot, or more workers than
-    CPUs, where an even split is impossible and the kernel balances them better.
+    None (run anywhere) for a lone worker, a worker without a slot, or CPUs that do not
+    split into equal parts (3 CPUs for 2 workers, say): the connections are shared evenly
+    (service/gunicorn_worker.py), so a worker with a smaller part would answer its clients
+    later, and there the kernel balances the workers better.
     """
     ordered = sorted(cpus)
-    if slot is None or workers < 2 or workers > len(ordered):
+    if slot is None or workers < 2 or len(ordered) % workers:
         return None
+    size = len(ordered) // workers
     # A worker forked while another still stops (a reload) has a higher slot: wrap it.
     part = slot % workers
-    return set(ordered[part * len(ordered) // workers:(part + 1) * len(ordered) // workers])
+    return set(ordered[part * size:(part + 1) * size])
 
 
 def pin_worker(slot: int | None, workers: int) -> set[int] | None:

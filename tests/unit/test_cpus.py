@@ -54,7 +54,6 @@ def test_outside_a_pinned_worker_the_service_has_this_threads_cpus(tmp_path, cor
 @pytest.mark.parametrize("cpus, workers, shares", [
     ({0, 1}, 2, [{0}, {1}]),
     ({0, 1, 2, 3}, 2, [{0, 1}, {2, 3}]),
-    ({0, 1, 2}, 2, [{0}, {1, 2}]),
     ({2, 5, 9, 11}, 4, [{2}, {5}, {9}, {11}]),
     ({4, 6, 8, 10, 12, 14}, 3, [{4, 6}, {8, 10}, {12, 14}]),
 ])
@@ -70,6 +69,7 @@ def test_a_worker_forked_during_a_reload_wraps_round_to_a_share():
 @pytest.mark.parametrize("cpus, slot, workers", [
     ({0, 1}, 0, 1),  # a lone worker keeps every CPU
     ({0, 1}, 0, 3),  # more workers than CPUs: no even split, the kernel balances them
+    ({0, 1, 2}, 1, 2),  # 3 CPUs for 2 workers: no equal parts either
     ({0, 1}, None, 2),  # a worker without a slot (more than there are)
 ])
 def test_no_share_where_no_even_split_exists(cpus, slot, workers):
