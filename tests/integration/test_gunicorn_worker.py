@@ -123,19 +123,37 @@ def _readlink(path):
         return None
 
 
+def both_workers_take_connections(server):
+    """Whether two fresh connections go one to each worker: a worker still starting (one
+    that is not yet accepting, or busy loading its model) leaves the other to take both."""
+    connections = [connect(server) for _ in range(2)]
+    for connection in connections:
+        ask_live(connection)
+    split = sorted(connections_per_worker(server).values()) == [1, 1]
+    close_all(server, connections)
+    return split
+
+
+def close_all(server, connections):
+    """Close `connections`, and wait until no worker holds any of them."""
+    for connection in connections:
+        connection.close()
+    support.poll(lambda: sum(connections_per_worker(server).values()) == 0, 10,
+                 lambda: "the workers kept closed connections")
+
+
 def test_kept_alive_connections_are_shared_evenly_between_the_workers(start_service, models_dir):
     server = start_service(models_dir, workers=2)
     support.poll(lambda: len(support.worker_pids(server)) == 2, 30, lambda: server.log())
+    support.poll(lambda: both_workers_take_connections(server), 30,
+                 lambda: f"one worker took every connection:\n{server.log()}")
     for _ in range(3):  # a fresh set of connections each round: no lucky hash passes thrice
         connections = [connect(server) for _ in range(12)]
         for connection in connections:
             ask_live(connection)
         counts = sorted(connections_per_worker(server).values())
         assert counts == [6, 6], counts
-        for connection in connections:
-            connection.close()
-        support.poll(lambda: sum(connections_per_worker(server).values()) == 0, 10,
-                     lambda: "the workers kept closed connections")
+        close_all(server, connections)
 
 
 def ask_live(connection):
