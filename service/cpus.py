@@ -68,19 +68,16 @@ def worker_share(cpus: Set[int], slot: int | None, workers: int) -> set[int] | N
     return set(ordered[part * size:(part + 1) * size])
 
 
-def pin_worker(slot: int | None, workers: int) -> set[int] | None:
+def pin_worker(slot: int | None, workers: int) -> None:
     """Run this process's current thread, and every thread it starts from now on, on the
-    share of the CPUs that belongs to the worker in `slot` (in a worker, just forked).
-
-    Returns the share, or None where there is none; OSError where the system refuses.
-    """
+    share of the CPUs that belongs to the worker in `slot` (in a worker, just forked);
+    OSError where the system refuses."""
     global _service_cpus
     cpus = os.sched_getaffinity(0)
     share = worker_share(cpus, slot, workers)
     if share is not None:
         os.sched_setaffinity(0, share)
         _service_cpus = frozenset(cpus)
-    return share
 
 
 @contextlib.contextmanager
@@ -88,13 +85,15 @@ def on_service_cpus() -> Iterator[None]:
     """Run the body on every CPU of the service, and so the threads it starts (the calling
     thread's own affinity comes back afterwards)."""
     own, wanted = os.sched_getaffinity(0), service_cpus()
-    try:
-        if own != wanted:
+    widened = False
+    if own != wanted:
+        try:
             os.sched_setaffinity(0, wanted)
-    except OSError:  # refused: the body runs on this worker's share, only slower
-        own = wanted = None
+            widened = True
+        except OSError:  # refused: the body runs on this worker's share, only slower
+            pass
     try:
         yield
     finally:
-        if own != wanted:
+        if widened:
             os.sched_setaffinity(0, own)

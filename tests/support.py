@@ -201,3 +201,9 @@ def worker_pids(server):
         if parent == server.process.pid:
             children.append(int(entry))
     return sorted(children)
+
+
+def forked_workers(server, count):
+    """The pids of the server's `count` workers, once that many have been forked."""
+    poll(lambda: len(worker_pids(server)) == count, 30, server.log)
+    return worker_pids(server)

@@ -144,7 +144,7 @@ def close_all(server, connections):
 
 def test_kept_alive_connections_are_shared_evenly_between_the_workers(start_service, models_dir):
     server = start_service(models_dir, workers=2)
-    support.poll(lambda: len(support.worker_pids(server)) == 2, 30, lambda: server.log())
+    support.forked_workers(server, 2)
     support.poll(lambda: both_workers_take_connections(server), 30,
                  lambda: f"one worker took every connection:\n{server.log()}")
     for _ in range(3):  # a fresh set of connections each round: no lucky hash passes thrice
@@ -168,7 +168,7 @@ def ask_live(connection):
 def emptier_worker_stopped(server):
     """Give one of two workers a connection, and stop the other (SIGSTOP) for the block;
     yield (that connection, the busier worker's pid, the stopped one's)."""
-    support.poll(lambda: len(support.worker_pids(server)) == 2, 30, lambda: server.log())
+    support.forked_workers(server, 2)
     first = connect(server)
     ask_live(first)
     busier = next(pid for pid, count in connections_per_worker(server).items() if count)

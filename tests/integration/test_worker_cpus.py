@@ -42,16 +42,10 @@ def threads_cpus(pid):
     return cpus
 
 
-def workers_of(server, count):
-    """The pids of the server's `count` workers, once that many have started."""
-    support.poll(lambda: len(support.worker_pids(server)) == count, 30, server.log)
-    return support.worker_pids(server)
-
-
 def test_each_worker_has_cpus_of_its_own_and_only_a_lone_call_may_use_every_cpu(
         start_service, models_dir):
     server = start_service(models_dir, workers=2)
-    workers = workers_of(server, 2)
+    workers = support.forked_workers(server, 2)
     shares = [cpus_of(pid) for pid in workers]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == EVERY_CPU
     assert len(shares[0]) == len(shares[1])
@@ -70,5 +64,5 @@ def test_each_worker_has_cpus_of_its_own_and_only_a_lone_call_may_use_every_cpu(
 
 def test_with_pin_workers_0_every_thread_may_run_on_every_cpu(start_service, models_dir):
     server = start_service(models_dir, workers=2, pin_workers=0)
-    for pid in workers_of(server, 2):
+    for pid in support.forked_workers(server, 2):
         assert set(threads_cpus(pid)) == {EVERY_CPU}
