@@ -28,6 +28,13 @@ ONLY_CONVERTS_TO = {"La": "LA", "LAB": "RGB"}
 # 729 bytes can declare a frame canvas of billions of pixels that Pillow would allocate.
 Image.MAX_IMAGE_PIXELS = 50_000_000
 
+# Pillow warns about odd bytes (a picture near its pixel limit, a damaged EXIF block, ...);
+# the client gets its answer or a precise error instead, so its warnings are ignored. Once,
+# here: `warnings.catch_warnings()` swaps the whole process's filters and is not
+# thread-safe, and around each decode it let concurrent requests' warnings out and left an
+# ignore-everything filter behind.
+warnings.filterwarnings("ignore", module=r"PIL\.")
+
 
 class ImageError(Exception):
     """Bytes that are no usable picture; `kind`: empty, unsupported, too_large or undecodable."""
@@ -69,9 +76,7 @@ def _reading_untrusted_bytes(message):
     our own code stays outside, where a bug still shows as a bug.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     except Image.DecompressionBombError:
         raise ImageError("too_large", f"The image declares more than {2 * Image.MAX_IMAGE_PIXELS} "
                                       "pixels in one frame; send a smaller picture.") from None

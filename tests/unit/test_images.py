@@ -1,7 +1,10 @@
 """Decoding uploads: formats, modes, orientation, sizes and every way an image can be bad."""
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -131,6 +134,47 @@ def png_header_only(width, height):
 
 def test_a_decompression_bomb_is_refused_before_decoding():
     assert error_of(png_header_only(20000, 20000)) == (413, "image_too_large")
+
+
+# Decodes on eight threads at once, in a fresh interpreter that imports the module as a
+# worker does (pytest's own capture of warnings would undo what the import sets).
+THREADED_DECODES = """
+import json, sys, threading, warnings
+from service.images import ImageError, decode_image
+
+data = open(sys.argv[1], "rb").read()
+kinds = set()
+
+def decode_many():
+    for _ in range(300):
+        try:
+            decode_image(data, 8, 8, 3, 40_000_000)
+        except ImageError as error:
+            kinds.add(error.kind)
+
+with warnings.catch_warnings(record=True) as escaped:
+    before = list(warnings.filters)
+    threads = [threading.Thread(target=decode_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = list(warnings.filters) == before
+print(json.dumps({"kinds": sorted(kinds), "escaped": [str(w.message) for w in escaped],
+                  "filters_kept": kept}))
+"""
+
+
+def test_pillow_warnings_stay_quiet_while_threads_decode_at_once(tmp_path):
+    # 64 million pixels: over the count Pillow warns at (50 million), so it warns on every
+    # open; over the limit given here, so it is refused before decoding.
+    picture = tmp_path / "warned-about.png"
+    picture.write_bytes(png_header_only(8000, 8000))
+    result = subprocess.run([sys.executable, "-c", THREADED_DECODES, str(picture)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"kinds": ["too_large"], "escaped": [],
+                                         "filters_kept": True}
 
 
 def test_the_pixel_limit_is_a_setting():
