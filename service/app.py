@@ -24,8 +24,6 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    # Multipart forms may hold as many parts as images are allowed, plus a few text fields.
-    app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16
     app.json.sort_keys = False
     if settings.trusted_proxy_hops:
         # The client's address and scheme as the last trusted proxy saw them; values a

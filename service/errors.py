@@ -16,7 +16,9 @@ DOMAIN_ERRORS = {
     ImageError: {"empty": (400, "empty_image"), "undecodable": (400, "corrupt_image"),
                  "unsupported": (415, "unsupported_image"), "too_large": (413, "image_too_large")},
     UploadError: {"invalid_json": (400, "invalid_json"), "invalid_base64": (400, "invalid_base64"),
-                  "no_images": (400, "no_images"), "too_many_images": (413, "too_many_images"),
+                  "invalid_multipart": (400, "invalid_multipart"), "no_images": (400, "no_images"),
+                  "too_many_images": (413, "too_many_images"),
+                  "too_many_parts": (413, "too_many_parts"),
                   "unsupported_media_type": (415, "unsupported_media_type")},
     TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
 }
@@ -74,7 +76,7 @@ def register_error_handlers(app: Flask) -> None:
             404: "No such route. See /openapi.json for the API.",
             405: f"{request.method} is not allowed on this route. See /openapi.json for the API.",
             413: (f"The request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} "
-                  "bytes or has too many parts."),
+                  "bytes."),
         }.get(error.code, error.description or error.name)
         if error.code == 413:
             code = "request_too_large"

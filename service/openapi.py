@@ -17,13 +17,13 @@ PROTOCOL_ERROR_STATUSES = {
 
 ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
-                  "invalid_base64, no_images, empty_image, corrupt_image).",
+                  "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image).",
     "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY is configured.",
     "NotFound": "No such route (not_found).",
     "MethodNotAllowed": "The route exists but not for this method (method_not_allowed); "
                         "the Allow header lists the methods it takes.",
     "TooLarge": "Body, image or batch too large (request_too_large, image_too_large, "
-                "too_many_images).",
+                "too_many_images, too_many_parts).",
     "UnsupportedMediaType": "Not an accepted Content-Type (unsupported_media_type) or not an "
                             "image in a supported format (unsupported_image).",
     "ModelNotReady": "No model is loaded yet (model_not_ready); retry shortly.",

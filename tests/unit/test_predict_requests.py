@@ -85,6 +85,66 @@ def test_a_form_without_file_parts_is_refused(client):
     assert "note" in response.get_json()["error"]["message"]
 
 
+def form(*parts, boundary="b0undary", end=True):
+    """A multipart body, written by hand, of (Content-Disposition, bytes) parts."""
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+                    + data + b"\r\n" for disposition, data in parts)
+    return body + (f"--{boundary}--\r\n".encode() if end else b"")
+
+
+def post_form(client, body, content_type="multipart/form-data; boundary=b0undary"):
+    return post(client, data=body, content_type=content_type)
+
+
+def test_text_fields_beside_the_files_are_ignored(client):
+    body = form(('form-data; name="note"', b"hello"), ('form-data; name="file"; filename="a.jpg"',
+                                                       jpeg()), ('form-data; name="x"', b"1"))
+    [prediction] = post_form(client, body).get_json()["predictions"]
+    assert (prediction["filename"], prediction["label"]) == ("a.jpg", "red")
+
+
+def test_a_file_part_with_an_empty_filename_is_still_an_image(client):
+    body = form(('form-data; name="file"; filename=""', jpeg()))
+    [prediction] = post_form(client, body).get_json()["predictions"]
+    assert prediction["filename"] is None and prediction["label"] == "red"
+
+
+@pytest.mark.parametrize("body, reason", [
+    (form(('form-data; name="file"; filename="a.jpg"', jpeg()), end=False), "Unexpected end"),
+    (form(('form-data; name="file"; filename="a.jpg"', jpeg()))[:100], "Unexpected end"),
+    (b"no boundary anywhere in here", "Unexpected end"),
+    (form(('attachment; filename="a.jpg"', jpeg())), "Content-Disposition"),
+    (b"--b0undary\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg() + b"\r\n--b0undary--\r\n",
+     "Missing Content-Disposition"),
+    (form(('form-data; name="file"; filename="a.jpg"\r\nX-Long: ' + "a" * 5000, jpeg())),
+     "header length"),
+    (form(('form-data; name="file"; filename="a.jpg"', jpeg())).replace(b"\r\n", b"\n"),
+     "line break"),
+])
+def test_a_malformed_form_is_400_with_the_reason(client, body, reason):
+    response = post_form(client, body)
+    support.assert_error(response, 400, "invalid_multipart")
+    assert reason in response.get_json()["error"]["message"]
+
+
+def test_a_form_without_a_boundary_is_400(client):
+    body = form(('form-data; name="file"; filename="a.jpg"', jpeg()))
+    response = post_form(client, body, content_type="multipart/form-data")
+    support.assert_error(response, 400, "invalid_multipart")
+    assert "boundary" in response.get_json()["error"]["message"]
+
+
+def test_parsing_stops_at_more_parts_than_images_and_text_fields_allow(client):
+    # The client allows 4 images and 16 text fields: 20 parts. The 21st is refused, and the
+    # part after it is not parsed (it is malformed: that would be a 400).
+    fields = [(f'form-data; name="n{n}"', b"x") for n in range(21)]
+    body = form(*fields, end=False) + b"--b0undary\r\nnot a header\r\n\r\n"
+    response = post_form(client, body)
+    support.assert_error(response, 413, "too_many_parts")
+    assert "at most 4 images" in response.get_json()["error"]["message"]
+    support.assert_error(post_form(client, form(*fields[:20])), 400, "no_images")
+
+
 def test_json_with_the_wrong_field_is_400(client):
     response = post(client, json={"image": base64.b64encode(jpeg()).decode()})
     support.assert_error(response, 400, "invalid_json")
