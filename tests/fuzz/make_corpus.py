@@ -125,11 +125,15 @@ def upload_seeds():
     png, gif = save(picture("RGB"), "PNG"), save(picture("P"), "GIF")
     text = base64.b64encode(png).decode()
     wrapped = "\n".join(text[i:i + 60] for i in range(0, len(text), 60))
+    form_type, one_file = multipart([("file", "a.png", png)])
     bodies = {
-        "multipart-one.txt": multipart([("file", "a.png", png)]),
+        "multipart-one.txt": (form_type, one_file),
         "multipart-two.txt": multipart([("file", "a.png", png), ("note", None, b"hello"),
                                         ("file", "b.gif", gif)]),
         "multipart-no-file.txt": multipart([("note", None, b"only text")]),
+        # Forms the parser refuses: cut short before the closing boundary, and bare LF lines.
+        "multipart-cut-short.txt": (form_type, one_file[:-30]),
+        "multipart-lf-lines.txt": (form_type, one_file.replace(b"\r\n", b"\n")),
         "raw-png.txt": (b"image/png", png),
         "raw-octets.txt": (b"application/octet-stream", gif),
         "json-base64.txt": (b"application/json", json.dumps({"images": [text]}).encode()),
