@@ -115,9 +115,15 @@ def test_trainer_publishes_a_version_the_running_api_serves(compose_project):
     assert body["model"] == {"name": MODEL_NAME, "version": expected}
 
     jpeg = support.encode(support.draw_picture(support.SHAPE_COLOURS["blue"], size=48))
-    response = compose_project.predict(jpeg, "blue.jpg")
-    assert response.status_code == 200, response.text
-    assert response.json()["model"]["version"] == expected
+
+    def answered_by_new_version():
+        response = compose_project.predict(jpeg, "blue.jpg")
+        assert response.status_code == 200, response.text
+        return response if response.json()["model"]["version"] == expected else None
+
+    # Each worker switches at its own next look (MODEL_POLL_SECONDS=1): the worker that
+    # answered /health may have switched while the one that takes this request is about to.
+    response = support.poll(answered_by_new_version, 10, f"/predict answered by version {expected}")
     assert response.json()["predictions"][0]["label"] in support.SHAPE_COLOURS
     # The same container, never restarted, made the switch.
     assert compose_project.api_container() == container
