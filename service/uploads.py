@@ -26,7 +26,7 @@ def read_uploads(request: Request, max_images: int) -> list[tuple[str | None, by
     """Return [(filename or None, bytes)] from multipart, raw-image or JSON bodies."""
     content_type = request.mimetype
     if content_type == "multipart/form-data":
-        uploads = _from_form(request, max_images + MAX_TEXT_FIELDS)
+        uploads = _from_form(request, max_images)
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
         uploads = [(None, request.get_data(cache=False))]
     elif content_type == "application/json":
@@ -44,7 +44,7 @@ def read_uploads(request: Request, max_images: int) -> list[tuple[str | None, by
     return uploads
 
 
-def _from_form(request, max_parts):
+def _from_form(request, max_images):
     """Every file part of a multipart form, in the order sent.
 
     The `multipart` package parses the body rather than werkzeug's form parser (Flask's
@@ -58,6 +58,7 @@ def _from_form(request, max_parts):
         raise UploadError("invalid_multipart",
                           "The multipart/form-data Content-Type has no boundary parameter; let "
                           "the HTTP client write that header for the form it sends.")
+    max_parts = max_images + MAX_TEXT_FIELDS
     uploads, fields = [], []
     try:
         parser = multipart.PushMultipartParser(boundary)
@@ -66,7 +67,7 @@ def _from_form(request, max_parts):
                 if len(uploads) + len(fields) == max_parts:
                     raise UploadError("too_many_parts",
                                       f"The form has more than {max_parts} parts; send at most "
-                                      f"{max_parts - MAX_TEXT_FIELDS} images.")
+                                      f"{max_images} images.")
                 part, chunks = event, []
             elif event is not None:  # a piece of the part's body
                 chunks.append(event)
