@@ -10,14 +10,12 @@ send. It prints the best of --repeat passes, in µs per form, on one thread.
 """
 
 import io
-import os
-import tempfile
-import time
 import uuid
 
 from werkzeug.wrappers import Request
 
-from benchmarks.sample import extract_sample, image_parser, read_images, sample_from_folder
+from benchmarks.sample import image_parser, load_sample
+from benchmarks.timing import microseconds_per_item
 from service.uploads import read_uploads
 
 WRK_BOUNDARY = "benchmark-boundary-7d1f0c"  # benchmarks/post_images.lua
@@ -47,26 +45,16 @@ def with_request_files(request):
     return [(part.filename, part.read()) for _, part in request.files.items(multi=True)]
 
 
-def microseconds_per_form(read, forms, repeat):
-    """The best of `repeat` passes over `forms`, in µs per form."""
-    best = float("inf")
-    for _ in range(repeat):
-        requests = [as_request(boundary, body) for boundary, body in forms]
-        started = time.perf_counter()
-        for request in requests:
-            read(request)
-        best = min(best, (time.perf_counter() - started) / len(forms) * 1e6)
-    return best
+def as_requests(forms):
+    """A fresh request for each (boundary, body)."""
+    return [as_request(boundary, body) for boundary, body in forms]
 
 
 def main(argv=None):
     parser = image_parser("python -m benchmarks.multipart_parsing", __doc__)
     parser.add_argument("--repeat", type=int, default=5, help="passes over the forms (5)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as work_dir:
-        paths = (extract_sample(args.archive, work_dir, args.sample) if args.archive
-                 else sample_from_folder(args.images, args.sample))
-        images = list(zip(map(os.path.basename, paths), read_images(paths), strict=True))
+    images = load_sample(args)
     kinds = {"the wrk script's boundary": lambda: WRK_BOUNDARY,
              "a new boundary per form": lambda: uuid.uuid4().hex}
     print(f"{len(images)} one-part forms of {sum(len(data) for _, data in images) // len(images):,}"
@@ -77,8 +65,8 @@ def main(argv=None):
         boundaries = [boundary() for _ in images]
         forms = [(name, one_part_form(name, filename, data))
                  for name, (filename, data) in zip(boundaries, images, strict=True)]
-        ours = microseconds_per_form(with_multipart_package, forms, args.repeat)
-        theirs = microseconds_per_form(with_request_files, forms, args.repeat)
+        ours = microseconds_per_item(with_multipart_package, forms, args.repeat, as_requests)
+        theirs = microseconds_per_item(with_request_files, forms, args.repeat, as_requests)
         print(f"| {kind} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.1f}× |")
 
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import random
 import tarfile
+import tempfile
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
@@ -51,3 +52,11 @@ def read_images(paths):
         with open(path, "rb") as file:
             images.append(file.read())
     return images
+
+
+def load_sample(args):
+    """[(file name, bytes)] of the images that `image_parser`'s options name."""
+    with tempfile.TemporaryDirectory() as work_dir:
+        paths = (extract_sample(args.archive, work_dir, args.sample) if args.archive
+                 else sample_from_folder(args.images, args.sample))
+        return list(zip(map(os.path.basename, paths), read_images(paths), strict=True))

@@ -63,6 +63,9 @@ def image_seeds():
     frames = [picture("P"), picture("RGB").rotate(90).quantize(8)]
     return {
         "rgb.jpg": save(picture("RGB"), "JPEG", quality=80),
+        # At the target's model size: decoded without Pillow (service/images.py).
+        "model-size.jpg": save(picture("RGB", (32, 32)), "JPEG", quality=90),
+        "model-size-grey.jpg": save(picture("L", (32, 32)), "JPEG", quality=90),
         "grey.jpg": save(picture("L"), "JPEG"),
         "cmyk.jpg": save(picture("CMYK"), "JPEG"),
         "progressive.jpg": save(picture("RGB", (24, 16)), "JPEG", progressive=True),

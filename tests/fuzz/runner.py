@@ -23,7 +23,7 @@ DICTIONARIES_DIR = FUZZ_DIR / "dictionaries"
 REGRESSIONS_DIR = FUZZ_DIR / "regressions"
 
 # Packages whose Python code is instrumented, so their branches guide the mutations.
-INSTRUMENTED = ["service", "PIL", "werkzeug", "flask", "json", "base64"]
+INSTRUMENTED = ["service", "PIL", "multipart", "werkzeug", "flask", "json", "base64"]
 
 
 def target_names():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import images
 from service.errors import as_api_error
 from service.images import ImageError, decode_image
 from tests.support import ROOT, encode
@@ -194,3 +195,79 @@ def test_a_frame_canvas_of_billions_of_pixels_is_refused_inside_pillow():
 def test_tiff_modes_that_pillow_converts_only_one_way_are_decoded(name, channels):
     data = (ROOT / "tests/fuzz/corpus/decode_image" / name).read_bytes()
     assert decode(data, channels=channels).shape == (8, 8, channels)
+
+
+# JPEGs already at the model's size skip Pillow (service/images.py, _plain_jpeg_pixels);
+# their pixels must be exactly those Pillow gives, or serving and training would disagree
+# with the same model run on Pillow's pixels.
+
+def noise_jpeg(size, mode="RGB", **options):
+    """A JPEG of random pixels: every coefficient and the colour upsampling matter."""
+    pixels = np.random.default_rng(7).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    return encode(Image.fromarray(pixels, "RGB").convert(mode), "JPEG", **options)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (13, 7)])
+@pytest.mark.parametrize("mode, options", [
+    ("RGB", {"quality": 95, "subsampling": 0}),
+    ("RGB", {"quality": 75, "subsampling": 1}),
+    ("RGB", {"quality": 50, "subsampling": 2}),
+    ("RGB", {"quality": 90, "progressive": True, "optimize": True}),
+    ("RGB", {"quality": 90, "restart_marker_blocks": 1}),
+    ("L", {"quality": 85}),
+])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_plain_jpeg_at_the_model_size_decodes_as_pillow_would(size, mode, options, channels):
+    data = noise_jpeg(size, mode, **options)
+    width, height = size
+    fast = images._plain_jpeg_pixels(data, height, width, channels)
+    assert fast is not None and fast.shape == (height, width, channels)
+    assert np.array_equal(fast, images._pillow_pixels(data, height, width, channels, LIMIT))
+
+
+def square_with_a_black_top_row():
+    image = solid("L", 255, (8, 8))
+    image.paste(0, (0, 0, 8, 1))
+    return image.convert("RGB")
+
+
+XMP_ROTATED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+               b'"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+               b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+               b'</rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("how", ["exif", "xmp"])
+def test_a_jpeg_at_the_model_size_tagged_to_turn_is_turned(how):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    options = {"exif": exif.tobytes()} if how == "exif" else {"xmp": XMP_ROTATED}
+    data = encode(square_with_a_black_top_row(), "JPEG", quality=95, **options)
+    assert images._plain_jpeg_pixels(data, 8, 8, 1) is None
+    upright = decode(data, channels=1)[..., 0]
+    # Turned 90 degrees clockwise, the black top row becomes the right-hand column.
+    assert upright[:, -1].mean() < 60 and upright[:, :-1].mean() > 190
+
+
+def test_a_multi_picture_jpeg_at_the_model_size_is_still_refused():
+    buffer = io.BytesIO()
+    square_with_a_black_top_row().save(buffer, "MPO", save_all=True,
+                                       append_images=[solid("RGB", (0, 0, 0))])
+    assert images._plain_jpeg_pixels(buffer.getvalue(), 8, 8, 3) is None
+    assert error_of(buffer.getvalue()) == (415, "unsupported_image")
+
+
+def test_a_cmyk_jpeg_at_the_model_size_is_left_to_pillow():
+    data = encode(solid("CMYK", (0, 255, 255, 0)), "JPEG")
+    assert images._plain_jpeg_pixels(data, 8, 8, 3) is None
+    assert np.allclose(decode(data).reshape(-1, 3).mean(axis=0), (255, 0, 0), atol=3)
+
+
+def test_a_truncated_jpeg_at_the_model_size_is_a_bad_request():
+    data = noise_jpeg((8, 8), quality=95)
+    assert images._plain_jpeg_pixels(data[:-40], 8, 8, 3) is None
+    assert error_of(data[:-40]) == (400, "corrupt_image")
+
+
+def test_a_jpeg_at_the_model_size_over_the_pixel_limit_is_refused():
+    assert error_of(noise_jpeg((8, 8)), max_pixels=63) == (413, "image_too_large")

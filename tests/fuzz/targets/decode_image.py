@@ -1,9 +1,11 @@
 """Fuzz target: the bytes of an uploaded image, decoded as /predict and training decode them."""
 
+import numpy as np
 import requests
 from PIL import Image
 
-from service.images import decode_image
+from service import images
+from service.images import ImageError, decode_image
 
 # Below the service's limit (40 million), so that a few-byte header declaring a huge picture
 # costs milliseconds, not seconds: the fuzzer's time goes to the decoders' branches instead.
@@ -18,6 +20,21 @@ def test_one_input(data):
     """Decode for a colour and for a grey model: the two differ in Pillow's draft and convert."""
     for channels in (3, 1):
         decode_image(data, 32, 32, channels, MAX_PIXELS)
+        check_plain_jpeg_pixels_are_pillows(data, channels)
+
+
+def check_plain_jpeg_pixels_are_pillows(data, channels):
+    """A JPEG decoded without Pillow must give Pillow's pixels, where Pillow reads it at all
+    (its marker parser refuses some damage that libjpeg-turbo lets pass)."""
+    fast = images._plain_jpeg_pixels(data, 32, 32, channels)
+    if fast is None:
+        return
+    try:
+        pillows = images._pillow_pixels(data, 32, 32, channels, MAX_PIXELS)
+    except ImageError:
+        return
+    if not np.array_equal(fast, pillows):
+        raise AssertionError(f"libjpeg-turbo's pixels differ from Pillow's ({channels} channels)")
 
 
 def replay(base_url, data):
