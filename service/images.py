@@ -29,10 +29,10 @@ ONLY_CONVERTS_TO = {"La": "LA", "LAB": "RGB"}
 # 729 bytes can declare a frame canvas of billions of pixels that Pillow would allocate.
 Image.MAX_IMAGE_PIXELS = 50_000_000
 
-# Bytes that only a JPEG Pillow would not read as a plain upright picture holds: the start of
-# an EXIF block (APP1, which may turn the picture), of an XMP orientation (Pillow's getexif()
-# reads that too), and of a multi-picture index (APP2; Pillow calls such a file MPO, a
-# format the service refuses).
+# A JPEG without any of these bytes is one Pillow reads as a plain, upright picture. They
+# begin an EXIF block (APP1, which may say to turn the picture), an XMP orientation (Pillow's
+# getexif() reads that too) and a multi-picture index (APP2: Pillow calls such a file MPO, a
+# format the service refuses). Found elsewhere by chance, they only send a JPEG the slow way.
 NOT_PLAIN_JPEG = (b"Exif\x00\x00", b"tiff:Orientation", b"MPF\x00")
 
 # Pillow warns about odd bytes (a picture near its pixel limit, a damaged EXIF block, ...);
@@ -67,7 +67,7 @@ def _plain_jpeg_pixels(data, height, width, channels):
     """The pixels of a JPEG already at the model's size with nothing to turn, decoded by
     libjpeg-turbo straight into an array; None for any other picture.
 
-    Pillow reads a JPEG's markers in Python: about 100 us for a 32x32 picture, where this
+    Pillow reads a JPEG's markers in Python: about 100 µs for a 32x32 picture, where this
     takes 10-20 (README, "Decoding JPEGs"). Pillow decodes with libjpeg-turbo too, so the
     pixels are the same, which tests/unit/test_images.py and the decode_image fuzz target
     check; training reads its images here as well.
