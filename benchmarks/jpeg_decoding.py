@@ -14,8 +14,9 @@ import numpy as np
 from benchmarks.sample import image_parser, load_sample
 from benchmarks.timing import microseconds_per_item
 from service import images as decoding
+from service.config import Settings
 
-MAX_PIXELS = 40_000_000  # the service's default MAX_IMAGE_PIXELS
+MAX_PIXELS = Settings.max_image_pixels  # the service's default MAX_IMAGE_PIXELS
 
 
 def main(argv=None):
