@@ -22,9 +22,9 @@ from benchmarks.run_benchmark import newest_version
 from model_training import data as datasets
 from model_training import model as _registered_layers  # noqa: F401  (custom layers)
 from model_training.train import parse_args as training_args
-from service.artifact import KERAS_FILE
 from service.config import Settings
 from service.images import decode_image
+from service.models.artifact import KERAS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

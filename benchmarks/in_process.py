@@ -13,7 +13,7 @@ import numpy as np
 from benchmarks.sample import read_images
 from service.config import Settings
 from service.images import decode_image
-from service.inference import ServingModel
+from service.models.inference import ServingModel
 
 
 def measure(model_path, image_paths, batch_size, seconds, threads=0):

@@ -12,10 +12,10 @@ import os
 import numpy as np
 from flask import Flask, jsonify, request
 
-from service.artifact import KERAS_FILE
 from service.config import Settings
 from service.images import decode_image
-from service.inference import ServingModel
+from service.models.artifact import KERAS_FILE
+from service.models.inference import ServingModel
 
 TOP_K = 3
 

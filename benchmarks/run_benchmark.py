@@ -17,7 +17,7 @@ import time
 from benchmarks import load, report
 from benchmarks.processes import MemoryWatch, OtherLoad, Server, machine_idle_share, wait_until_idle
 from benchmarks.sample import extract_sample, image_parser, sample_from_folder
-from service.artifact import METADATA_FILE, complete_versions
+from service.models.artifact import METADATA_FILE, complete_versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("in-process", "service", "peer")

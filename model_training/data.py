@@ -13,6 +13,9 @@ from service.images import ImageError, decode_image
 MAX_TRAINING_PIXELS = 100_000_000
 
 KERAS_DATASETS = ("cifar10", "fashion_mnist", "mnist")
+# Data sets that ship inside a package, so they need no download: scikit-learn's 1,797
+# handwritten digits, 8x8 grey pixels of 0-16 (from the UCI "optdigits" set).
+PACKAGED_DATASETS = ("digits",)
 
 CLASS_NAMES = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
@@ -20,6 +23,7 @@ CLASS_NAMES = {
     "fashion_mnist": ["t-shirt", "trouser", "pullover", "dress", "coat",
                       "sandal", "shirt", "sneaker", "bag", "ankle_boot"],
     "mnist": [str(digit) for digit in range(10)],
+    "digits": [str(digit) for digit in range(10)],
 }
 
 
@@ -29,12 +33,17 @@ class DataError(Exception):
 
 @dataclass
 class LabelledImages:
-    """Images as a uint8 array (count, height, width, channels) with integer labels."""
+    """Images as a uint8 array (count, height, width, channels) with integer labels.
+
+    `sources`, for images read from files, holds each one's path: the release gate decodes
+    the files again for each model it compares, at that model's own input size.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list
     skipped: list = field(default_factory=list)
+    sources: np.ndarray | None = None
 
 
 def list_image_folder(data_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -103,7 +112,8 @@ def load_image_folder(data_dir: str, image_size: int | None = None,
     if not keep.any():
         raise DataError(f"none of the {len(paths)} files under {data_dir!r} is a readable image")
     images = np.stack([image for image in decoded if image is not None])
-    return LabelledImages(images, labels[keep], class_names, skipped)
+    return LabelledImages(images, labels[keep], class_names, skipped,
+                          np.array(paths, dtype=object)[keep])
 
 
 def load_keras_dataset(name: str) -> tuple[LabelledImages, LabelledImages]:
@@ -124,6 +134,16 @@ def load_keras_dataset(name: str) -> tuple[LabelledImages, LabelledImages]:
     return as_images(train_x, train_y), as_images(test_x, test_y)
 
 
+def load_packaged_dataset(name: str) -> LabelledImages:
+    """A data set shipped inside a package (no test split of its own): scikit-learn's digits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0-16 grey levels to the 0-255 pixels every model here takes, one channel.
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., np.newaxis]
+    return LabelledImages(images, digits.target.astype(np.int32), CLASS_NAMES[name])
+
+
 def split(data: LabelledImages, fraction: float,
           seed: int) -> tuple[LabelledImages, LabelledImages]:
     """Split off a random `fraction` of the images as a second set: (rest, part)."""
@@ -135,6 +155,8 @@ def split(data: LabelledImages, fraction: float,
     part, rest = order[:part_size], order[part_size:]
 
     def subset(indices):
-        return LabelledImages(data.images[indices], data.labels[indices], data.class_names)
+        sources = data.sources[indices] if data.sources is not None else None
+        return LabelledImages(data.images[indices], data.labels[indices], data.class_names,
+                              sources=sources)
 
     return subset(rest), subset(part)

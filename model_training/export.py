@@ -19,15 +19,16 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 from model_training import data as datasets
-from model_training.publish import PublishError, replace_file, write_metadata
-from service.artifact import (
+from model_training.publish import PublishError, write_metadata
+from service.models.artifact import (
     KERAS_FILE,
     METADATA_FILE,
     SAVED_MODEL_FILE,
     TEMPORARY_PREFIX,
     TFLITE_FILE,
+    replace_file,
 )
-from service.inference import LiteRunner
+from service.models.inference import LiteRunner
 
 # A converted model that picks another top label for more than 1 image in 1,000 is refused.
 MIN_TOP1_AGREEMENT = 0.999

@@ -74,9 +74,14 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
 
 
 def conv_group(x: KerasTensor, filters: int, momentum: float, name: str) -> KerasTensor:
-    """A 3x3 convolution, 2x2 max-pooling, then a second 3x3 convolution; each normalized."""
+    """A 3x3 convolution, 2x2 max-pooling, then a second 3x3 convolution; each normalized.
+
+    A group that gets a single pixel does not pool: an 8x8 input is down to one pixel by
+    the third group.
+    """
     x = conv(x, filters, name=f"{name}_conv1")
-    x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    if x.shape[1] >= 2 and x.shape[2] >= 2:
+        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     x = batch_norm_gelu(x, momentum, name=f"{name}_1")
     x = conv(x, filters, name=f"{name}_conv2")
     return batch_norm_gelu(x, momentum, name=f"{name}_2")

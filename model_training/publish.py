@@ -6,7 +6,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-from service.artifact import METADATA_FILE, TEMPORARY_PREFIX, published_versions
+from service.models.artifact import (
+    METADATA_FILE,
+    TEMPORARY_PREFIX,
+    published_versions,
+    replace_file,
+)
 
 
 class PublishError(Exception):
@@ -77,19 +82,3 @@ def publish(model_dir: str,
 def write_metadata(folder: str, metadata: dict) -> None:
     """Write metadata.json, readable by people and by the service."""
     replace_file(folder, METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
-
-
-def replace_file(folder: str, name: str, content: bytes) -> None:
-    """Write `folder/name` whole under a temporary name, then rename it into place.
-
-    A reader never sees half a file, also when a file of a published version is replaced.
-    """
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, os.path.join(folder, name))
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from model_training import data as datasets
-from model_training import evaluate
+from model_training import evaluate, gate
 from model_training.data import LabelledImages
 from model_training.export import export_serving_forms
 from model_training.model import (
@@ -29,7 +29,12 @@ from model_training.model import (
     with_flip_averaging,
 )
 from model_training.publish import PublishError, check_writable, publish, write_metadata
-from service import artifact
+from service.models import artifact, release
+from service.models.inference import ModelLoadError
+from service.models.policy import SHADOW, SPLIT
+
+# What a run does with its version once published (README, "Releasing a model").
+PROMOTE, CANARY, PUBLISH = "promote", "canary", "publish"
 
 # airbench94's budget is 9.9 epochs of 50,000 images; five more make up for the smaller
 # split here (45,000 less validation) and still fit well inside an hour on two cores.
@@ -45,8 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train the image classifier and publish it as models/<name>/<version>/.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="folder of class subfolders of images")
-    source.add_argument("--dataset", choices=datasets.KERAS_DATASETS,
-                        help="a keras.datasets dataset (downloaded once)")
+    source.add_argument("--dataset", choices=datasets.KERAS_DATASETS + datasets.PACKAGED_DATASETS,
+                        help="a keras.datasets dataset (downloaded once), or digits: "
+                             "scikit-learn's 8x8 handwritten digits, inside its package")
     parser.add_argument("--test-dir", help="folder of class subfolders used only for the test")
     parser.add_argument("--output", default="models", help="models folder (default: models)")
     parser.add_argument("--name", help="model name (default: from the dataset or folder)")
@@ -81,12 +87,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default="auto",
                         help="training arithmetic (auto: bfloat16 where the CPU has it)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
+    gate_options = parser.add_argument_group(
+        "release", "the gate compares the new version with stable on the held-out images")
+    gate_options.add_argument("--release", choices=(PROMOTE, CANARY, PUBLISH), default=PROMOTE,
+                              help="promote: make it stable if it passes the gate (default); "
+                                   "canary: make it the canary if it passes; publish: only "
+                                   "publish it, stable stays")
+    gate_options.add_argument("--gate-margin", type=fraction, default=gate.DEFAULT_MARGIN,
+                              help="how much lower than stable's its accuracy may be and still "
+                                   f"pass ({gate.DEFAULT_MARGIN})")
+    gate_options.add_argument("--allow-class-change", action="store_true",
+                              help="let a version whose classes differ from stable's pass")
+    gate_options.add_argument("--canary-percent", type=release.percentage, default=10,
+                              help="with --release canary: its share of requests (10)")
+    gate_options.add_argument("--canary-mode", choices=(SPLIT, SHADOW), default=SPLIT,
+                              help="with --release canary: split (it answers its share) or "
+                                   "shadow (it sees a copy only)")
     args = parser.parse_args(argv)
     if args.test_dir and not args.data_dir:
         parser.error("--test-dir goes with --data-dir")
     if args.validation_split == 0:
         parser.error("--validation-split must be above 0: early stopping watches it")
-    if args.test_split == 0 and not (args.test_dir or args.dataset):
+    if args.test_split == 0 and not (args.test_dir or args.dataset in datasets.KERAS_DATASETS):
         parser.error("--test-split must be above 0 unless --test-dir gives a test set")
     return args
 
@@ -154,7 +176,9 @@ def load_data(args: argparse.Namespace) -> tuple[LabelledImages, LabelledImages,
                                                  LabelledImages, list[str]]:
     """Return (train, validation, test, skipped files) as the arguments ask."""
     channels = {"rgb": 3, "grayscale": 1, None: None}[args.color_mode]
-    if args.dataset:
+    if args.dataset in datasets.PACKAGED_DATASETS:
+        train, test = datasets.load_packaged_dataset(args.dataset), None
+    elif args.dataset:
         train, test = datasets.load_keras_dataset(args.dataset)
     else:
         train = datasets.load_image_folder(args.data_dir, args.image_size, channels)
@@ -173,12 +197,14 @@ def load_data(args: argparse.Namespace) -> tuple[LabelledImages, LabelledImages,
     return train, validation, test, skipped
 
 
-def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict]:
-    """Train, evaluate and publish; return (published folder, metadata)."""
-    # 1. Check the output before spending an hour on training.
+def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict, gate.Verdict, str]:
+    """Train, evaluate, publish and release; return (folder, metadata, verdict, outcome)."""
+    # 1. Check the output, and that its serving policy can be read, before spending an
+    #    hour on training.
     name = default_name(args)
     model_dir = os.path.join(args.output, name)
     check_writable(model_dir)
+    release.read_policy(model_dir)
 
     # 2. Decode every image once, into memory, and split off validation and test sets.
     train_set, validation_set, test_set, skipped = load_data(args)
@@ -201,13 +227,49 @@ def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict]:
     # 5. The served copy: float32 (it runs on any CPU), averaged over the mirror image if asked.
     serving_model, metrics = serving_copy(model, args, test_set)
 
-    # 6. Publish the version atomically, with its metadata and pictures.
+    # 6. Publish the version atomically, with its metadata and pictures. What serves now is
+    #    written into serving.json first, so the new version cannot go live before the gate
+    #    has judged it.
     metadata = describe_run(args, argv, name, precision, plan, history, seconds,
                             (train_set, validation_set, test_set), skipped,
                             serving_model, metrics)
-    folder, _ = publish(model_dir, lambda folder, version: write_version(
+    stable = pin_stable(model_dir)
+    folder, version = publish(model_dir, lambda folder, version: write_version(
         folder, version, serving_model, metadata, history.history, test_set.images))
-    return folder, metadata
+
+    # 7. The release gate: the new version against stable, on the same held-out images.
+    verdict = gate.judge(model_dir, version, stable, test_set, args.gate_margin,
+                         args.allow_class_change)
+    return folder, metadata, verdict, apply_verdict(args, model_dir, verdict)
+
+
+def pin_stable(model_dir: str) -> int | None:
+    """Write the version that serves now into serving.json as stable; return it (None if none)."""
+    if not artifact.complete_versions(model_dir):
+        return None
+    policy = release.change_policy(model_dir, lambda policy, stable: policy)
+    return policy.stable
+
+
+def apply_verdict(args: argparse.Namespace, model_dir: str, verdict: gate.Verdict) -> str:
+    """Promote, make canary or leave the new version as --release says; say what was done."""
+    version, stable = verdict.version, verdict.stable_version
+    if args.release == PUBLISH and stable is not None:
+        return f"published only: stable stays version {stable}"
+    if not verdict.passed:
+        return f"stable stays version {stable}; version {version} is published but not released"
+    if stable is None:
+        # Nothing else serves: without a serving.json the newest version does, so none is
+        # written (a policy file already there gets the label).
+        if os.path.exists(os.path.join(model_dir, artifact.POLICY_FILE)):
+            release.promote(model_dir, version, by="training")
+        return f"version {version} serves as the model's only version"
+    if args.release == PROMOTE:
+        release.promote(model_dir, version, by="training")
+        return f"version {version} is now stable"
+    release.set_canary(model_dir, version, args.canary_percent, args.canary_mode)
+    return (f"version {version} is now the canary: {args.canary_percent:g}% of requests, "
+            f"{args.canary_mode}; stable stays version {stable}")
 
 
 def plan_training(args: argparse.Namespace, train_images: int) -> dict:
@@ -313,9 +375,9 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
         "input": {"height": int(height), "width": int(width), "channels": int(channels)},
         "metrics": metrics,
         "dataset": {
-            "source": f"keras.datasets.{args.dataset}" if args.dataset else args.data_dir,
-            "test_source": ("official test split" if args.dataset else
-                            args.test_dir or f"held out {args.test_split:.0%} of the data"),
+            "source": dataset_source(args),
+            "test_source": ("official test split" if args.dataset in datasets.KERAS_DATASETS
+                            else args.test_dir or f"held out {args.test_split:.0%} of the data"),
             "train_images": int(len(train_set.labels)),
             "validation_images": int(len(validation_set.labels)),
             "test_images": int(len(test_set.labels)),
@@ -352,6 +414,15 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
     }
 
 
+def dataset_source(args: argparse.Namespace) -> str:
+    """Where the images came from, as metadata.json records it."""
+    if args.dataset in datasets.PACKAGED_DATASETS:
+        return f"sklearn.datasets.load_{args.dataset}"
+    if args.dataset:
+        return f"keras.datasets.{args.dataset}"
+    return args.data_dir
+
+
 def write_version(folder: str, version: int, serving_model: keras.Model, metadata: dict,
                   history: dict, test_images: np.ndarray) -> None:
     """Write every file of one version into `folder`: the model in each of its forms first."""
@@ -370,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        folder, metadata = train(args, argv)
-    except (datasets.DataError, PublishError) as error:
+        folder, metadata, verdict, outcome = train(args, argv)
+    except (datasets.DataError, PublishError, release.ReleaseError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -379,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"published: {folder}")
     print(f"test accuracy: {metadata['metrics']['test_accuracy']:.4f}")
-    return 0
+    print(f"{verdict.line()}; {outcome}")
+    return 0 if verdict.passed or args.release == PUBLISH else gate.REFUSED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The application factory: create_app() wires settings, model store, batcher and routes."""
+"""The application factory: create_app() wires settings, models, batcher and routes."""
+
+import functools
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -10,14 +12,16 @@ from service.cpus import service_cores
 from service.errors import register_error_handlers
 from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
-from service.model_store import ModelStore
+from service.models.inference import ServingModel
+from service.models.repository import ModelRepository
+from service.models.shadow import ShadowRunner
 from service.request_log import register_request_logging
 from service.routes import blueprint
 from service.worker_activity import activity, register_worker_activity
 
 
-def create_app(settings: Settings | None = None, start_model_store: bool = True) -> Flask:
-    """Build the Flask app; the model loads in the background unless told not to."""
+def create_app(settings: Settings | None = None, start_models: bool = True) -> Flask:
+    """Build the Flask app; the models load in the background unless told not to."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
 
@@ -31,21 +35,24 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops,
                                 x_proto=settings.trusted_proxy_hops)
 
-    store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
-                       warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,
-                       threads=settings.model_threads,
-                       # One worker per core: a lone request may borrow the idle workers' cores.
-                       all_core_threads=min(service_cores(), settings.workers))
-    app.extensions["model_store"] = store
-    app.extensions["batcher"] = Batcher(settings.batch_max_size,
-                                        settings.batch_max_wait_ms / 1000,
-                                        on_batch=metrics.BATCH_SIZE.observe,
-                                        may_use_all_cores=activity.others_idle)
+    # One worker per core: a lone request may borrow the idle workers' cores.
+    load = functools.partial(ServingModel, warm_batch_size=settings.batch_max_size,
+                             threads=settings.model_threads,
+                             all_core_threads=min(service_cores(), settings.workers))
+    models = ModelRepository(settings.model_dir, settings.model_name,
+                             settings.model_poll_seconds, load=load,
+                             on_load=metrics.record_model_load,
+                             on_change=metrics.record_model_state)
+    app.extensions["model_repository"] = models
+    batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000,
+                      on_batch=metrics.BATCH_SIZE.observe, may_use_all_cores=activity.others_idle)
+    app.extensions["batcher"] = batcher
+    app.extensions["shadow"] = ShadowRunner(batcher.submit)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)
     app.register_blueprint(blueprint)
     app.register_blueprint(inference_protocol)
-    if start_model_store:
-        store.start()
+    if start_models:
+        models.start()
     return app

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.inference import ServingModel
+    from service.models.inference import ServingModel
 
 log = logging.getLogger("service.batcher")
 

@@ -14,6 +14,8 @@ class Settings:
     """The service's settings; the README's table lists the same names and defaults."""
 
     model_dir: str = "models"
+    # The model that routes naming none serve (/predict, /model); every model in
+    # model_dir is served under its own name.
     model_name: str = "cifar10"
     host: str = "0.0.0.0"
     port: int = 8000
@@ -72,11 +74,6 @@ class Settings:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical, "
                                 f"not {self.log_level!r}")
-
-    @property
-    def versions_dir(self) -> str:
-        """The folder that holds the numbered versions of the served model."""
-        return os.path.join(self.model_dir, self.model_name)
 
 
 def _parse(name, raw, kind):

@@ -1,13 +1,15 @@
 """The edge where errors become HTTP: the one JSON error body every route answers with.
 
 Below this layer, code raises domain errors that know nothing of HTTP (ImageError,
-UploadError, TensorError); the table here decides the status and code a client sees for each.
+UploadError, TensorError, RoutingError); the table here decides the status and code a
+client sees for each.
 """
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service.images import ImageError
+from service.models.routing import RoutingError
 from service.tensors import INVALID, TensorError
 from service.uploads import UploadError
 
@@ -21,6 +23,10 @@ DOMAIN_ERRORS = {
                   "too_many_parts": (413, "too_many_parts"),
                   "unsupported_media_type": (415, "unsupported_media_type")},
     TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
+    RoutingError: {"model_not_found": (404, "model_not_found"),
+                   "version_not_found": (404, "version_not_found"),
+                   "label_not_found": (404, "label_not_found"),
+                   "model_not_ready": (503, "model_not_ready")},
 }
 
 
@@ -34,7 +40,7 @@ class ApiError(Exception):
         self.message = message
 
 
-def as_api_error(error: ImageError | UploadError | TensorError) -> ApiError:
+def as_api_error(error: ImageError | UploadError | TensorError | RoutingError) -> ApiError:
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
@@ -66,6 +72,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ImageError)
     @app.errorhandler(UploadError)
     @app.errorhandler(TensorError)
+    @app.errorhandler(RoutingError)
     def handle_domain_error(error):
         return handle_api_error(as_api_error(error))
 

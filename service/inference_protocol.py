@@ -7,13 +7,15 @@ Reference: kserve/open-inference-protocol, specification/protocol/inference_rest
 "probabilities", FP32 [N, classes].
 """
 
+import json
+
 import numpy as np
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from service import metrics
 from service.errors import ApiError
-from service.serving import check_api_key, decode_batch, serving_model, settings
+from service.models.routing import RoutingError
+from service.serving import check_api_key, classify, decode_batch, repository, route, settings
 from service.tensors import (
     OutputTensor,
     RequestedOutput,
@@ -27,7 +29,7 @@ blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 SERVER_NAME = "image-classifier-service"
 SERVER_VERSION = "0.1.0"
 # "Server Metadata": only the extensions this face implements.
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 PLATFORM = "litert_tflite"
 
 IMAGE_INPUT, PIXELS_INPUT, OUTPUT = "image", "pixels", "probabilities"
@@ -50,8 +52,9 @@ def server_live() -> ResponseReturnValue:
 
 @blueprint.get("/health/ready")
 def server_ready() -> ResponseReturnValue:
-    """"Server Ready": told by the status code, 200 once the model is loaded, else 503."""
-    ready = current_app.extensions["model_store"].current is not None
+    """"Server Ready": told by the status code, 200 once the default model serves, else 503."""
+    default = repository().default
+    ready = default is not None and default.table.stable is not None
     return jsonify({"ready": ready}), 200 if ready else 503
 
 
@@ -59,10 +62,12 @@ def server_ready() -> ResponseReturnValue:
 @blueprint.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
     """"Model Metadata": inputs and outputs, -1 for the batch dimension."""
-    model = _model(name, version)
+    model = route(name, version).model if version else route(name, label="stable").model
+    found = repository().model(name)
     height, width, channels = model.input_shape
     return jsonify({
-        "name": name, "versions": [str(model.version)], "platform": PLATFORM,
+        "name": name, "versions": [str(number) for number in sorted(found.table.versions)],
+        "platform": PLATFORM,
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                    {"name": PIXELS_INPUT, "datatype": "UINT8",
                     "shape": [-1, height, width, channels]}],
@@ -74,12 +79,38 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @blueprint.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
     """"Model Ready": 200 when this model (and version) serves, 503 while none is loaded."""
-    _check_name(name)
-    model = current_app.extensions["model_store"].current
-    if model is None:
+    try:
+        found = repository().model(name)
+    except RoutingError as error:
+        if error.kind != "model_not_ready":
+            raise
+        found = None  # the default model, not published yet
+    if found is None or found.table.stable is None:
         return jsonify({"name": name, "ready": False}), 503
-    _check_version(name, version, model)
+    if version is not None:
+        found.route(repository().splitter, version=version)  # 404 unless loaded
     return jsonify({"name": name, "ready": True})
+
+
+@blueprint.post("/repository/index")
+def repository_index() -> Response:
+    """Model Repository Extension, "Index": every model and version, its state and why.
+
+    With {"ready": true} in the body, only the versions that serve.
+    """
+    ready_only = _index_request().get("ready", False)
+    index = []
+    for name, model in sorted(repository().models.items()):
+        versions = model.describe()["versions"]
+        if not versions and not ready_only:
+            index.append({"name": name, "state": "UNAVAILABLE", "reason": model.reason})
+        for entry in versions:
+            ready = entry["state"] == "ready"
+            if ready or not ready_only:
+                index.append({"name": name, "version": str(entry["version"]),
+                              "state": "READY" if ready else "UNAVAILABLE",
+                              "reason": entry.get("reason", "")})
+    return jsonify(index)
 
 
 @blueprint.post("/models/<name>/infer")
@@ -87,15 +118,13 @@ def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
 def infer(name: str, version: str | None = None) -> Response:
     """"Inference": classify a BYTES or UINT8 input through the shared batcher."""
     check_api_key()
-    model = _model(name, version)
-    batcher = current_app.extensions["batcher"]
-    with batcher.expect() as expectation:
+    chosen = route(name, version)
+    model = chosen.model
+    with current_app.extensions["batcher"].expect() as expectation:
         parsed = parse_infer_request(_body(), request.headers.get(HEADER_LENGTH))
         outputs = _requested_outputs(parsed, model)
         images = _images(parsed.inputs, model)
-        probabilities = batcher.submit(model, images, expectation)
-    g.model_version, g.image_count = model.version, len(images)
-    metrics.count_classified(model.rank(scores, 1)[0]["label"] for scores in probabilities)
+        probabilities = classify(chosen, images, expectation)
     header = {"model_name": name, "model_version": str(model.version)}
     if parsed.id is not None:
         header["id"] = parsed.id
@@ -108,28 +137,20 @@ def infer(name: str, version: str | None = None) -> Response:
     return response
 
 
-def _check_name(name):
-    """Only the served model has a name here."""
-    served = settings().model_name
-    if name != served:
-        raise ApiError(404, "model_not_found",
-                       f"Unknown model {name[:100]!r}: this server serves {served!r}.")
-
-
-def _check_version(name, version, model):
-    """Only the version being served may be asked for by number."""
-    if version is not None and version != str(model.version):
-        raise ApiError(404, "version_not_found",
-                       f"Version {version[:40]!r} of model {name!r} is not loaded; "
-                       f"version {model.version} is served.")
-
-
-def _model(name, version):
-    """The serving model, when the path names it (404) and one is ready (503)."""
-    _check_name(name)
-    model = serving_model()
-    _check_version(name, version, model)
-    return model
+def _index_request():
+    """The repository index request: an empty body, or a JSON object with "ready"."""
+    body = request.get_data(cache=False)
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("ready", False), bool):
+        raise ApiError(400, "invalid_index_request",
+                       'The index request is an empty body or a JSON object such as '
+                       '{"ready": true}.')
+    return parsed
 
 
 def _body():

@@ -1,9 +1,14 @@
-"""Prometheus metrics, correct across gunicorn workers through multiprocess mode."""
+"""Prometheus metrics, correct across gunicorn workers through multiprocess mode.
+
+Every series about a prediction carries the model's name, the version that answered and
+`version_label`: the label it was chosen by (stable, canary, or another label a request
+named), or `none` when the request named the version itself.
+"""
 
 import os
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -16,37 +21,107 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from service.inference import ServingModel
+    from service.models.inference import ServingModel
+    from service.models.repository import Model
+    from service.models.routing import Route
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+MODEL = ["model", "version", "version_label"]
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered.",
                    ["route", "method", "status"])
 LATENCY = Histogram("http_request_duration_seconds", "Time to answer an HTTP request.",
-                    ["route", "status"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+                    ["route", "status"], buckets=LATENCY_BUCKETS)
+INFERENCE_REQUESTS = Counter("inference_requests_total",
+                             "Classification requests answered, by the version that answered.",
+                             MODEL)
+INFERENCE_LATENCY = Histogram("inference_request_duration_seconds",
+                              "Time to answer a classification request, by the version that "
+                              "answered.", MODEL, buckets=LATENCY_BUCKETS)
+SPLIT_REQUESTS = Counter("model_split_requests_total",
+                         "Requests that named no version or label, by the side of the canary "
+                         "split that answered (stable or canary).", ["model", "version_label"])
 IMAGES_CLASSIFIED = Counter("images_classified_total", "Images classified.")
-PREDICTIONS = Counter("predictions_total", "Images classified, by top-1 label.", ["label"])
+PREDICTIONS = Counter("predictions_total", "Images classified, by top-1 label.",
+                      [*MODEL, "label"])
+SHADOW_IMAGES = Counter("shadow_images_total",
+                        "Images a shadow version classified, by whether its top-1 label agreed "
+                        "with the answer the client got.",
+                        ["model", "version", "stable_version", "agreement"])
+SHADOW_LATENCY = Histogram("shadow_request_duration_seconds",
+                           "Time a shadow version took for its copy of a request.",
+                           ["model", "version"], buckets=LATENCY_BUCKETS)
+SHADOW_SKIPPED = Counter("shadow_requests_skipped_total",
+                         "Copies of requests a shadow version did not classify: its queue was "
+                         "full, or it failed.", ["model", "version", "reason"])
 BATCH_SIZE = Histogram("model_batch_size", "Images per model call.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 MODEL_LOAD_SECONDS = Histogram("model_load_seconds", "Time to load and warm a model version.",
-                               buckets=(0.5, 1, 2, 5, 10, 20, 60))
-MODEL_VERSION = Gauge("model_serving_version", "The model version each worker serves.",
-                      multiprocess_mode="liveall")
+                               ["model"], buckets=(0.5, 1, 2, 5, 10, 20, 60))
+MODEL_VERSION = Gauge("model_serving_version",
+                      "The version each label of each model points at, in each worker.",
+                      ["model", "version_label"], multiprocess_mode="liveall")
+CANARY_PERCENT = Gauge("model_canary_percent",
+                       "The share of unpinned requests the canary takes, as set by the policy.",
+                       ["model", "mode"], multiprocess_mode="livemax")
+POLICY_REJECTED = Gauge("model_policy_rejected",
+                        "1 while a model's serving.json cannot be used (the reason is in "
+                        "/models and the log), else 0.", ["model"], multiprocess_mode="livemax")
 
 
-def count_classified(labels: Iterable[str]) -> None:
-    """Count classified images, one top-1 label each."""
-    labels = list(labels)
-    for label in labels:
-        PREDICTIONS.labels(label=label).inc()
-    IMAGES_CLASSIFIED.inc(len(labels))
+def version_label(route: "Route") -> str:
+    """The version_label of a route's metrics."""
+    return route.label or "none"
 
 
-def record_model_load(model: "ServingModel", seconds: float) -> None:
-    """Note a newly served version and how long it took to load."""
-    MODEL_LOAD_SECONDS.observe(seconds)
-    MODEL_VERSION.set(model.version)
+def count_classified(route: "Route", probabilities: np.ndarray) -> None:
+    """Count a classification request and its images, one top-1 label each."""
+    model = route.model
+    labels = (route.name, str(model.version), version_label(route))
+    INFERENCE_REQUESTS.labels(*labels).inc()
+    if route.split:
+        SPLIT_REQUESTS.labels(route.name, version_label(route)).inc()
+    for index in np.argmax(probabilities, axis=1).tolist():
+        PREDICTIONS.labels(*labels, model.classes[index]).inc()
+    IMAGES_CLASSIFIED.inc(len(probabilities))
+
+
+def observe_inference(route: "Route", seconds: float) -> None:
+    """Note how long a classification request took to answer."""
+    INFERENCE_LATENCY.labels(route.name, str(route.model.version),
+                             version_label(route)).observe(seconds)
+
+
+def count_shadow(name: str, shadow: "ServingModel", stable_version: int, agreed: int,
+                 images: int, seconds: float) -> None:
+    """Count a shadow version's copy of a request: how many top-1 labels agreed, how long."""
+    version = str(shadow.version)
+    for agreement, count in (("agree", agreed), ("disagree", images - agreed)):
+        if count:
+            SHADOW_IMAGES.labels(name, version, str(stable_version), agreement).inc(count)
+    SHADOW_LATENCY.labels(name, version).observe(seconds)
+
+
+def count_shadow_skipped(name: str, shadow: "ServingModel", reason: str) -> None:
+    """Count a copy the shadow version did not classify, and why (queue_full or failed)."""
+    SHADOW_SKIPPED.labels(name, str(shadow.version), reason).inc()
+
+
+def record_model_load(name: str, model: "ServingModel", seconds: float) -> None:
+    """Note how long a version took to load and warm."""
+    MODEL_LOAD_SECONDS.labels(name).observe(seconds)
+
+
+def record_model_state(model: "Model") -> None:
+    """Set the gauges that show what a model's policy puts where."""
+    table = model.table
+    for label in ("stable", "canary"):
+        MODEL_VERSION.labels(model.name, label).set(table.labels.get(label, 0))
+    for mode in ("split", "shadow"):
+        percent = table.canary.percent if "canary" in table.labels else 0
+        CANARY_PERCENT.labels(model.name, mode).set(percent if table.canary.mode == mode else 0)
+    POLICY_REJECTED.labels(model.name).set(1 if model.policy_problem else 0)
 
 
 def render() -> tuple[bytes, str]:

@@ -1,7 +1,12 @@
 """The OpenAPI 3 document served at /openapi.json."""
 
+from typing import TYPE_CHECKING
+
 from service.config import Settings
 from service.images import SUPPORTED_FORMATS
+
+if TYPE_CHECKING:
+    from service.models.repository import ModelRepository
 
 # Under /v2 errors take the Open Inference Protocol's own shape, {"error": "message"}.
 PROTOCOL_ERROR_STATUSES = {
@@ -9,6 +14,8 @@ PROTOCOL_ERROR_STATUSES = {
                           "shape, binary data, unknown input or output, or an undecodable image.",
     "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY is configured.",
     "ProtocolNotFound": "Unknown model, or a version that is not loaded.",
+    "ProtocolBadIndexRequest": "The index request is not empty and not a JSON object with a "
+                               "boolean \"ready\".",
     "ProtocolTooLarge": "Body, image or batch too large.",
     "ProtocolUnsupportedMediaType": "Not an accepted Content-Type or Content-Encoding, or not an "
                                     "image in a supported format.",
@@ -19,7 +26,9 @@ ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
                   "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image).",
     "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY is configured.",
-    "NotFound": "No such route (not_found).",
+    "NotFound": "No such route (not_found), model (model_not_found), loaded version "
+                "(version_not_found) or label (label_not_found); the message lists those there "
+                "are.",
     "MethodNotAllowed": "The route exists but not for this method (method_not_allowed); "
                         "the Allow header lists the methods it takes.",
     "TooLarge": "Body, image or batch too large (request_too_large, image_too_large, "
@@ -30,29 +39,34 @@ ERROR_STATUSES = {
 }
 
 
-def openapi_document(settings: Settings, served_version: int | None = None) -> dict:
+def openapi_document(settings: Settings, models: "ModelRepository | None" = None) -> dict:
     """Describe every route, request form, answer and error of this service.
 
-    `served_version`, when a model is loaded, is the one version the /v2 paths accept.
+    `models`, when given, names the models, versions and labels the paths accept.
     """
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "Image classification service",
             "version": "1.0.0",
-            "description": "Classify images with the newest published Keras model. Every error, "
-                           "from any route, is JSON {\"error\": {\"code\", \"message\"}}: unknown "
-                           "paths answer 404 and unsupported methods 405 in that format too.",
+            "description": "Classify images with published Keras models: each model's stable "
+                           "version, its canary, or any loaded version or label. Every error, "
+                           "from any route, is JSON {\"error\": {\"code\", \"message\"}} (under "
+                           "/v2, {\"error\": \"message\"}): unknown paths answer 404 and "
+                           "unsupported methods 405 in that format too.",
         },
         "paths": {
-            "/predict": {"post": _predict(settings)},
+            "/predict": {"post": _predict(settings, "predict", "Classify one or more images with "
+                                          "the default model (MODEL_NAME).")},
+            **_model_paths(settings),
             "/health/live": {"get": _operation(
                 "live", "The process is up and answering.", "Health",
                 {"200": _json("The process answers.", "Live")})},
             "/health/ready": {"get": _ready("ready")},
             "/health": {"get": _ready("health")},
             "/model": {"get": _operation(
-                "model", "The serving version's metadata.json, plus when it was loaded.", "Model",
+                "model", "The default model's stable version: its classes, input, accuracy and "
+                         "when it was loaded.", "Model",
                 {"200": _json("The serving model's metadata.", "ModelInfo"),
                  "503": {"$ref": "#/components/responses/ModelNotReady"}})},
             "/metrics": {"get": _operation(
@@ -75,7 +89,13 @@ def openapi_document(settings: Settings, served_version: int | None = None) -> d
                              for name, description in ERROR_STATUSES.items()},
                           **{name: _json(description, "ProtocolError")
                              for name, description in PROTOCOL_ERROR_STATUSES.items()}},
-            "parameters": {**_inference_protocol_parameters(settings, served_version),
+            "parameters": {**_model_parameters(models),
+                           **_inference_protocol_parameters(),
+                           "RoutingKey": {
+                "name": "X-Routing-Key", "in": "header", "required": False,
+                "description": "Requests with the same key land on the same side of a canary "
+                               "split, in every worker and replica.",
+                "schema": {"type": "string"}},
                            "RequestId": {
                 "name": "X-Request-ID", "in": "header", "required": False,
                 "description": "Your id for this request (1-128 of A-Z a-z 0-9 . _ : -), echoed "
@@ -96,16 +116,42 @@ def openapi_document(settings: Settings, served_version: int | None = None) -> d
     }
 
 
-def _predict(settings):
-    """The POST /predict operation: three body forms, top_k, the answer and its errors."""
+def _model_paths(settings):
+    """/models and the per-model routes: describe, and predict by split, version or label."""
+    base = "/models/{name}"
+    describe = {"200": _json("The model, as /models lists it.", "ModelStatus"),
+                "404": {"$ref": "#/components/responses/NotFound"}}
+    return {
+        "/models": {"get": _operation(
+            "models", "Every model: its versions, labels, canary, policy, state and reasons.",
+            "Model", {"200": _json("The models folder as the service serves it.", "Models")})},
+        base: {"get": _operation("model_status", "One model, as /models lists it.", "Model",
+                                 describe, ["ModelName"])},
+        base + "/predict": {"post": _predict(
+            settings, "model_predict", "Classify with this model: its stable version, or the "
+            "canary for the canary's share.", ["ModelName"])},
+        base + "/versions/{version}/predict": {"post": _predict(
+            settings, "model_version_predict", "Classify with one loaded version.",
+            ["ModelName", "ModelVersion"])},
+        base + "/labels/{label}/predict": {"post": _predict(
+            settings, "model_label_predict", "Classify with the version a label points at.",
+            ["ModelName", "VersionLabel"])},
+    }
+
+
+def _predict(settings, operation_id, summary, path_parameters=()):
+    """A predict operation: three body forms, top_k, the answer and its errors."""
     max_images = settings.max_images_per_request
     binary = {"type": "string", "format": "binary"}
+    errors = [("400", "BadRequest"), ("401", "Unauthorized"), ("413", "TooLarge"),
+              ("415", "UnsupportedMediaType"), ("503", "ModelNotReady")]
+    if path_parameters:
+        errors.append(("404", "NotFound"))
     operation = _operation(
-        "predict", "Classify one or more images.", "Predict",
+        operation_id, summary, "Predict",
         {"200": _json("One prediction per image, in the order sent.", "Prediction"),
-         **{status: {"$ref": f"#/components/responses/{name}"} for status, name in (
-             ("400", "BadRequest"), ("401", "Unauthorized"), ("413", "TooLarge"),
-             ("415", "UnsupportedMediaType"), ("503", "ModelNotReady"))}})
+         **{status: {"$ref": f"#/components/responses/{name}"} for status, name in errors}},
+        [*path_parameters, "RoutingKey"])
     operation["description"] = (
         f"Send up to {max_images} images (each at most {settings.max_image_pixels} pixels, the "
         f"body at most {settings.max_request_bytes} bytes) in {', '.join(SUPPORTED_FORMATS)}.")
@@ -113,7 +159,7 @@ def _predict(settings):
     operation["parameters"].append({
         "name": "top_k", "in": "query", "required": False,
         "description": "How many labels to rank per image: 1 to the number of classes of the "
-                       "serving model (GET /model lists them); more is a 400.",
+                       "version that answers (GET /models lists them); more is a 400.",
         "schema": {"type": "integer", "minimum": 1, "default": settings.default_top_k}})
     operation["requestBody"] = {"required": True, "content": {
         "multipart/form-data": {
@@ -168,7 +214,22 @@ def _schemas(max_images):
     string = {"type": "string"}
     confidence = {"type": "number", "minimum": 0, "maximum": 1}
     model = _object({"name": string, "version": {"type": "integer", "minimum": 1}})
+    answered_by = _object({
+        "name": string, "version": {"type": "integer", "minimum": 1},
+        "label": {"type": "string", "nullable": True,
+                  "description": "The label the version was chosen by (stable, canary, or the "
+                                 "label the path named); null when the path named the version."}})
     ranked = _object({"label": string, "confidence": confidence})
+    version_status = {
+        "type": "object", "required": ["version", "state", "labels"],
+        "additionalProperties": False, "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "state": {"type": "string", "enum": ["ready", "unavailable"]},
+            "labels": {"type": "array", "items": string},
+            "loaded_at": {"type": "string", "format": "date-time"},
+            "reason": string}}
+    shape = _object({"height": {"type": "integer"}, "width": {"type": "integer"},
+                     "channels": {"type": "integer"}})
     return {
         # Other keys beside "images" are ignored, so the request object is left open.
         "ImagesJson": {**_object({"images": {
@@ -176,20 +237,43 @@ def _schemas(max_images):
             "items": {"type": "string", "format": "byte",
                       "description": "Base64 image bytes, or a data: URL."}}}),
             "additionalProperties": True},
-        "Prediction": _object({"model": model, "predictions": {"type": "array", "items": _object(
-            {"filename": {"type": "string", "nullable": True,
-                          "description": "The multipart file name; null for other forms."},
-             "label": string, "confidence": confidence,
-             "top_k": {"type": "array", "minItems": 1, "items": ranked}})}}),
+        "Prediction": _object({"model": answered_by, "predictions": {
+            "type": "array", "items": _object({
+                "filename": {"type": "string", "nullable": True,
+                             "description": "The multipart file name; null for other forms."},
+                "label": string, "confidence": confidence,
+                "top_k": {"type": "array", "minItems": 1, "items": ranked}})}}),
         "Live": _object({"status": {"type": "string", "enum": ["ok"]}}),
         "Ready": _object({"status": {"type": "string", "enum": ["ready"]}, "model": model}),
         "NotReady": _object({"status": string, "reason": string}),
         "ModelInfo": {**_object({"name": string, "version": {"type": "integer", "minimum": 1},
                                  "classes": {"type": "array", "items": string},
+                                 "input": shape,
+                                 "metrics": {"type": "object", "additionalProperties": True},
+                                 "created_at": {"type": "string", "nullable": True},
+                                 "framework": {"type": "object", "nullable": True,
+                                               "additionalProperties": True},
                                  "loaded_at": {"type": "string", "format": "date-time"}}),
-                      "additionalProperties": True,
-                      "description": "metadata.json: also input, metrics, dataset, training, "
-                                     "created_at and framework versions."},
+                      "description": "What a client needs of metadata.json: the training "
+                                     "command and paths stay on disk."},
+        "ModelStatus": _object({
+            "name": string, "state": string, "reason": string,
+            "versions": {"type": "array", "items": version_status},
+            "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "canary": {"type": "object", "nullable": True, "additionalProperties": False,
+                       "required": ["version", "percent", "mode"], "properties": {
+                           "version": {"type": "integer"},
+                           "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                           "mode": {"type": "string", "enum": ["split", "shadow"]}}},
+            "policy": {"type": "object", "required": ["source", "problem"],
+                       "additionalProperties": True, "properties": {
+                           "source": {"type": "string", "enum": ["file", "default"]},
+                           "problem": string}},
+            "classes": {"type": "array", "items": string, "nullable": True},
+            "input": {**shape, "nullable": True}}),
+        "Models": _object({"default": string,
+                           "models": {"type": "array",
+                                      "items": {"$ref": "#/components/schemas/ModelStatus"}}}),
         "Error": _object({"error": _object({
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
             "message": string})}),
@@ -215,8 +299,9 @@ def _inference_protocol_paths(settings):
             {"200": _json("The server answers.", "Live2")})},
         "/v2/health/ready": {"get": _operation(
             "v2_server_ready", "Server Ready, told by the status code.", "V2",
-            {"200": _json("The model is loaded.", "Ready2"),
-             "503": _json("No model is loaded yet.", "Ready2")})},
+            {"200": _json("The default model is loaded.", "Ready2"),
+             "503": _json("The default model is not loaded yet.", "Ready2")})},
+        "/v2/repository/index": {"post": _repository_index()},
     }
     for path, suffix, parameters in ((model, "", ["ModelName"]),
                                      (versioned, "_version", ["ModelName", "ModelVersion"])):
@@ -234,6 +319,19 @@ def _inference_protocol_paths(settings):
     return paths
 
 
+def _repository_index():
+    """POST /v2/repository/index: every model and version with its state."""
+    operation = _operation(
+        "v2_repository_index", "Model Repository Extension, Index: every model and version, "
+        "its state and the reason it does not serve.", "V2",
+        {"200": _json("The index.", "RepositoryIndex"),
+         "400": _protocol_error("ProtocolBadIndexRequest")})
+    operation["requestBody"] = {"required": False, "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"ready": {
+            "type": "boolean", "description": "Only the versions that serve."}}}}}}
+    return operation
+
+
 def _infer(settings, operation_id, parameters):
     """POST .../infer: JSON, or JSON followed by binary tensor data."""
     responses = {"200": {
@@ -248,7 +346,7 @@ def _infer(settings, operation_id, parameters):
         ("404", "ProtocolNotFound"), ("413", "ProtocolTooLarge"),
         ("415", "ProtocolUnsupportedMediaType"), ("503", "ProtocolNotReady"))})
     operation = _operation(operation_id, "Inference: classify images or pixels.", "V2",
-                           responses, [*parameters, "InferenceHeaderLength"])
+                           responses, [*parameters, "InferenceHeaderLength", "RoutingKey"])
     operation["description"] = (
         f"One input: \"image\", BYTES [N] of encoded images ({', '.join(SUPPORTED_FORMATS)}; "
         "base64 strings in JSON, raw in binary data), or \"pixels\", UINT8 [N, H, W, C] in the "
@@ -269,17 +367,36 @@ def _protocol_error(name):
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _inference_protocol_parameters(settings, served_version):
-    """The path parameters and the binary-data header of the /v2 routes."""
+def _model_parameters(models):
+    """The path parameters that name a model, a loaded version and a label."""
+    names = sorted(models.models) if models else []
+    tables = [model.table for model in models.models.values()] if models else []
+    versions = sorted({str(version) for table in tables for version in table.versions}, key=int)
+    labels = sorted({label for table in tables for label in table.labels})
+
+    def choices(values, pattern):
+        return {"type": "string", "enum": values} if values else {"type": "string",
+                                                                  "pattern": pattern}
+
     return {
         "ModelName": {"name": "name", "in": "path", "required": True,
-                      "description": "The served model's name (MODEL_NAME); others are a 404.",
-                      "schema": {"type": "string", "enum": [settings.model_name]}},
+                      "description": "A model's name: its folder under MODEL_DIR (GET /models "
+                                     "lists them); others are a 404.",
+                      "schema": choices(names, "^[A-Za-z0-9][A-Za-z0-9_.-]*$")},
         "ModelVersion": {"name": "version", "in": "path", "required": True,
-                         "description": "The served version's number; others are a 404.",
-                         "schema": ({"type": "string", "enum": [str(served_version)]}
-                                    if served_version else
-                                    {"type": "string", "pattern": "^[0-9]+$"})},
+                         "description": "A loaded version's number; others are a 404 that "
+                                        "lists the loaded ones.",
+                         "schema": choices(versions, "^[0-9]+$")},
+        "VersionLabel": {"name": "label", "in": "path", "required": True,
+                         "description": "A label of the model's policy, such as stable or "
+                                        "canary; others are a 404 that lists its labels.",
+                         "schema": choices(labels, "^[a-z][a-z0-9_-]*$")},
+    }
+
+
+def _inference_protocol_parameters():
+    """The binary-data header of the /v2 routes."""
+    return {
         "InferenceHeaderLength": {
             "name": "Inference-Header-Content-Length", "in": "header", "required": False,
             "description": "Binary Tensor Data Extension: the JSON's length in bytes; the "
@@ -336,4 +453,10 @@ def _inference_protocol_schemas():
         "Ready2": _object({"ready": boolean}),
         "ModelReady": _object({"name": string, "ready": boolean}),
         "ProtocolError": _object({"error": string}),
+        "RepositoryIndex": {"type": "array", "items": {
+            "type": "object", "required": ["name", "state", "reason"],
+            "additionalProperties": False, "properties": {
+                "name": string, "version": string,
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": string}}},
     }

@@ -31,10 +31,16 @@ def register_request_logging(app: Flask) -> None:
         metrics.REQUESTS.labels(route=route, method=request.method,
                                 status=response.status_code).inc()
         metrics.LATENCY.labels(route=route, status=response.status_code).observe(duration)
+        chosen = g.get("route")  # the version that classified, on a classification route
+        if chosen is not None:
+            metrics.observe_inference(chosen, duration)
         fields = {"method": request.method, "path": request.path,
                   "status": response.status_code, "client": request.remote_addr,
                   "duration_ms": round(duration * 1000, 2), "request_id": g.get("request_id"),
-                  "model_version": g.get("model_version"), "images": g.get("image_count", 0)}
+                  "model": chosen.name if chosen else None,
+                  "model_version": chosen.model.version if chosen else g.get("model_version"),
+                  "version_label": chosen.label if chosen else None,
+                  "images": g.get("image_count", 0)}
         # Written once the answer has gone out (the server closes the response then), so
         # the client does not wait for the line; the metrics above are counted before.
         response.call_on_close(lambda: access_log.info(

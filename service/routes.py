@@ -1,4 +1,4 @@
-"""The HTTP routes of DESIGN.md: predict, health, model, metrics, OpenAPI and the page."""
+"""The HTTP routes of DESIGN.md: predict, health, models, metrics, OpenAPI and the page."""
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
@@ -6,7 +6,15 @@ from flask.typing import ResponseReturnValue
 from service import metrics
 from service.errors import ApiError
 from service.openapi import openapi_document
-from service.serving import check_api_key, decode_batch, serving_model, settings
+from service.serving import (
+    check_api_key,
+    classify,
+    decode_batch,
+    repository,
+    route,
+    settings,
+    stable_version,
+)
 from service.uploads import read_uploads
 
 blueprint = Blueprint("api", __name__)
@@ -29,22 +37,34 @@ def parse_top_k(class_count: int) -> int:
 
 @blueprint.post("/predict")
 def predict() -> Response:
-    """Classify every image in the request."""
+    """Classify every image in the request with the default model (MODEL_NAME)."""
+    return _predict()
+
+
+@blueprint.post("/models/<name>/predict")
+@blueprint.post("/models/<name>/versions/<version>/predict")
+@blueprint.post("/models/<name>/labels/<label>/predict")
+def predict_with(name: str, version: str | None = None, label: str | None = None) -> Response:
+    """Classify with one model: its split, one of its loaded versions, or a label's version."""
+    return _predict(name, version, label)
+
+
+def _predict(name=None, version=None, label=None):
+    """/predict's work for whichever model, version or label the path names."""
     check_api_key()
-    model = serving_model()
+    chosen = route(name, version, label)
+    model = chosen.model
     top_k = parse_top_k(len(model.classes))
-    batcher = current_app.extensions["batcher"]
-    with batcher.expect() as expectation:
+    with current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
-        probabilities = batcher.submit(model, images, expectation)
-    g.model_version, g.image_count = model.version, len(uploads)
+        probabilities = classify(chosen, images, expectation)
     predictions = []
     for (filename, _), scores in zip(uploads, probabilities, strict=True):
         ranked = model.rank(scores, top_k)
         predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
-    metrics.count_classified(prediction["label"] for prediction in predictions)
-    return jsonify({"model": {"name": model.name, "version": model.version},
+    return jsonify({"model": {"name": chosen.name, "version": model.version,
+                              "label": chosen.label},
                     "predictions": predictions})
 
 
@@ -57,21 +77,37 @@ def live() -> Response:
 @blueprint.get("/health/ready")
 @blueprint.get("/health")
 def ready() -> ResponseReturnValue:
-    """Ready once a model is loaded and warmed; 503 with the reason until then."""
-    store = current_app.extensions["model_store"]
-    model = store.current
-    if model is None:
-        return jsonify({"status": store.state, "reason": store.reason}), 503
-    g.model_version = model.version
-    return jsonify({"status": "ready", "model": {"name": model.name, "version": model.version}})
+    """Ready once the default model's stable version is loaded and warmed; else 503 and why."""
+    models = repository()
+    default = models.default
+    stable = default.table.stable if default else None
+    if stable is None:
+        state, reason = models.readiness()
+        return jsonify({"status": state, "reason": reason}), 503
+    g.model_version = stable.version
+    return jsonify({"status": "ready", "model": {"name": default.name, "version": stable.version}})
 
 
 @blueprint.get("/model")
 def model_info() -> Response:
-    """The serving version's metadata.json and when it was loaded."""
-    model = serving_model()
+    """The default model's stable version: what a client needs of its metadata.json."""
+    model = stable_version()
     g.model_version = model.version
     return jsonify(model.describe())
+
+
+@blueprint.get("/models")
+def models_info() -> Response:
+    """Every model: its versions, labels, canary, policy, state and the reason for a problem."""
+    models = repository()
+    return jsonify({"default": settings().model_name,
+                    "models": [model.describe() for _, model in sorted(models.models.items())]})
+
+
+@blueprint.get("/models/<name>")
+def one_model_info(name: str) -> Response:
+    """One model as /models describes it."""
+    return jsonify(repository().model(name).describe())
 
 
 @blueprint.get("/metrics")
@@ -84,8 +120,7 @@ def metrics_page() -> ResponseReturnValue:
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 description of this API."""
-    model = current_app.extensions["model_store"].current
-    return jsonify(openapi_document(settings(), model.version if model else None))
+    return jsonify(openapi_document(settings(), repository()))
 
 
 @blueprint.get("/")

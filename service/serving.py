@@ -1,17 +1,24 @@
-"""What every route that serves the model shares: settings, the serving model and the API key."""
+"""What every route that classifies shares: settings, routing to a version, the API key."""
 
 import hmac
 from collections.abc import Iterable
 
 import numpy as np
-from flask import current_app, request
+from flask import current_app, g, request
 
+from service import metrics
 from service.config import Settings
 from service.errors import ApiError
 from service.images import decode_image
-from service.inference import ServingModel
+from service.models.inference import ServingModel
+from service.models.repository import ModelRepository
+from service.models.routing import Route
 
+# A worker that is still loading its first models holds a request this long rather than
+# refuse it, so a multi-worker service does not answer 503 while its siblings serve.
 FIRST_LOAD_WAIT_SECONDS = 30
+# Requests with the same key land on the same side of a canary split (service/models/routing.py).
+ROUTING_KEY_HEADER = "X-Routing-Key"
 
 
 def settings() -> Settings:
@@ -19,15 +26,36 @@ def settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def serving_model() -> ServingModel:
-    """The model that answers this request, or a 503 when none is ready."""
-    store = current_app.extensions["model_store"]
-    # A worker that is still loading its first model holds the request briefly instead of
-    # refusing it, so a multi-worker service does not answer 503 while its siblings serve.
-    model = store.wait_for_model(FIRST_LOAD_WAIT_SECONDS)
-    if model is None:
-        raise ApiError(503, "model_not_ready", f"No model is ready: {store.reason}. Retry shortly.")
-    return model
+def repository() -> ModelRepository:
+    """The model repository of this worker."""
+    return current_app.extensions["model_repository"]
+
+
+def route(name: str | None = None, version: str | None = None,
+          label: str | None = None) -> Route:
+    """The version that answers this request for model `name` (default: MODEL_NAME).
+
+    RoutingError (404 or 503) when the model, version or label is unknown or not ready.
+    """
+    models = repository()
+    model = models.model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS)
+    return model.route(models.splitter, version, label,
+                       request.headers.get(ROUTING_KEY_HEADER) or None)
+
+
+def stable_version(name: str | None = None) -> ServingModel:
+    """The stable version of model `name` (default: MODEL_NAME); RoutingError if none."""
+    return repository().model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS).stable()
+
+
+def classify(chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
+    """Class probabilities from the chosen version, through the batcher; a shadow gets a copy."""
+    probabilities = current_app.extensions["batcher"].submit(chosen.model, images, expectation)
+    if chosen.shadow is not None:
+        current_app.extensions["shadow"].offer(chosen, images, probabilities)
+    g.route, g.image_count = chosen, len(images)
+    metrics.count_classified(chosen, probabilities)
+    return probabilities
 
 
 def check_api_key() -> None:

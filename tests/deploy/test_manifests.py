@@ -72,7 +72,7 @@ def nginx_size(value):
 
 def test_the_expected_kustomizations_are_applied_directly():
     assert {"overlays/dev", "overlays/production", "jobs/train", "jobs/publish-model",
-            "kserve"} <= set(TOP_LEVEL)
+            "jobs/release", "kserve"} <= set(TOP_LEVEL)
 
 
 @pytest.mark.parametrize("name", TOP_LEVEL)
@@ -283,14 +283,14 @@ def test_production_models_live_on_one_volume_the_jobs_and_kserve_share():
               for volume in deployment["spec"]["template"]["spec"]["volumes"]
               if "persistentVolumeClaim" in volume}
     assert claims == {claim["metadata"]["name"]}
-    for name in ("jobs/train", "jobs/publish-model", "kserve"):
+    for name in ("jobs/train", "jobs/publish-model", "jobs/release", "kserve"):
         for item in render(name):
             assert item["metadata"].get("namespace") == namespace, f"{name}: {item['kind']}"
     train = find(render("jobs/train"), "Job")[0]["spec"]["template"]["spec"]
     args = train["containers"][0]["args"]
     assert args[args.index("--name") + 1] == model_name
     assert args[args.index("--output") + 1] == settings_of(production, container)["MODEL_DIR"]
-    for name in ("jobs/train", "jobs/publish-model"):
+    for name in ("jobs/train", "jobs/publish-model", "jobs/release"):
         job = find(render(name), "Job")[0]["spec"]["template"]["spec"]
         claims = {volume.get("persistentVolumeClaim", {}).get("claimName")
                   for volume in job["volumes"]}

@@ -11,6 +11,7 @@ budgets the manifest gives them. The training Job's pod runs the same way on a c
 models/ and publishes a tiny model's version.
 """
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import uuid
 import pytest
 import requests
 
+from service.models.artifact import POLICY_FILE, published_versions
 from tests import support
 from tests.deploy.manifests import KUBECTL, find, pods, render, settings_of
 
@@ -303,16 +305,28 @@ def writable_by(folder, uid, gid):
             path.chmod(path.stat().st_mode | 0o777 if path.is_dir() else 0o666)
 
 
-def test_the_training_job_publishes_a_version_under_its_pod_spec(tmp_path, shapes_dataset):
-    objects = render("jobs/train")
+def job_on_models_copy(name, tmp_path, prepare=None):
+    """The Job `name` renders: (its objects, its pod, a copy of models/ its pod may write).
+
+    `prepare(models_dir)` changes the copy first.
+    """
+    objects = render(name)
     (job,) = find(objects, "Job")
     pod = job["spec"]["template"]["spec"]
-    (trainer,) = pod["containers"]
     models_dir = tmp_path / "models"
     shutil.copytree(support.ROOT / "models", models_dir,
                     ignore=shutil.ignore_patterns(".tmp-*", "__pycache__"))
+    if prepare:
+        prepare(models_dir)
     security = pod["securityContext"]
     writable_by(models_dir, security["runAsUser"], security["fsGroup"])
+    return objects, pod, models_dir
+
+
+def test_the_training_job_publishes_a_version_under_its_pod_spec(tmp_path, shapes_dataset):
+    objects, pod, models_dir = job_on_models_copy("jobs/train", tmp_path)
+    (trainer,) = pod["containers"]
+    security = pod["securityContext"]
     versions = models_dir / trainer["args"][trainer["args"].index("--name") + 1]
     expected = max(int(entry.name) for entry in versions.iterdir() if entry.name.isdigit()) + 1
     volumes = volume_sources(pod, tmp_path, {"image-classifier-models": models_dir,
@@ -322,16 +336,44 @@ def test_the_training_job_publishes_a_version_under_its_pod_spec(tmp_path, shape
     try:
         # The Job's own command and arguments, then a tiny model instead of an hour of
         # CIFAR-10 (a later option wins).
-        output = docker("run", "--rm", "--name", name, "--network", name,
-                        *container_arguments(pod, trainer, volumes, config_map_data(objects), {}),
-                        built_image(trainer["image"]), *container_command(trainer),
-                        "--epochs", "1", *support.TINY_MODEL_OPTIONS,
-                        timeout=TRAIN_SECONDS)
+        result = subprocess.run(
+            ["docker", "run", "--rm", "--name", name, "--network", name,
+             *container_arguments(pod, trainer, volumes, config_map_data(objects), {}),
+             built_image(trainer["image"]), *container_command(trainer),
+             "--epochs", "1", *support.TINY_MODEL_OPTIONS],
+            capture_output=True, text=True, timeout=TRAIN_SECONDS)
     finally:
         docker("rm", "--force", name, check=False)
         docker("network", "rm", name, check=False)
+    output = result.stdout + result.stderr
     assert f"published: /app/models/{versions.name}/{expected}" in output, output[-LOG_TAIL:]
     published = versions / str(expected)
     assert (published / "metadata.json").is_file()
     assert published.stat().st_uid == security["runAsUser"]
+    # Three drawn colours are not CIFAR-10's ten classes: the gate keeps the shipped stable.
+    assert result.returncode == 3, output[-LOG_TAIL:]
+    assert "refused, its classes differ from stable's" in output
+    policy = json.loads((versions / POLICY_FILE).read_text())
+    assert policy["version_labels"]["stable"] == expected - 1
+
+
+def test_the_release_job_sets_a_canary_under_its_pod_spec(tmp_path):
+    shipped = max(published_versions(support.ROOT / "models" / "cifar10"))
+
+    def add_candidate(models_dir):
+        shutil.copytree(models_dir / "cifar10" / str(shipped),
+                        models_dir / "cifar10" / str(shipped + 1))
+
+    objects, pod, models_dir = job_on_models_copy("jobs/release", tmp_path, add_candidate)
+    (container,) = pod["containers"]
+    volumes = volume_sources(pod, tmp_path, {"image-classifier-models": models_dir})
+    config_maps = config_map_data(objects)
+    (name,) = config_maps
+    config_maps[name] = {"RELEASE": f"canary cifar10 {shipped + 1} --percent 10"}
+    output = docker("run", "--rm", "--network", "none",
+                    *container_arguments(pod, container, volumes, config_maps, {}),
+                    built_image(container["image"]), *container_command(container))
+    assert f"canary: version {shipped + 1}, 10% of unpinned requests, split" in output
+    policy = json.loads((models_dir / "cifar10" / POLICY_FILE).read_text())
+    assert policy["version_labels"] == {"stable": shipped, "canary": shipped + 1}
 

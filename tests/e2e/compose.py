@@ -15,7 +15,7 @@ import uuid
 import pytest
 import requests
 
-from service.artifact import published_versions
+from service.models.artifact import published_versions
 from tests import support
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from service.artifact import PUBLISHED_FILES, published_versions
+from service.models.artifact import PUBLISHED_FILES, published_versions
 from tests import support
 from tests.e2e.compose import MODEL_NAME, running_project, skip_without_compose
 
@@ -33,7 +33,7 @@ def compose_project(tmp_path_factory, shapes_dataset):
 def test_api_serves_the_shipped_model_within_a_minute(compose_project):
     shipped = published_versions(compose_project.models_dir / MODEL_NAME)[-1]
     body = compose_project.wait_ready()
-    assert body["model"] == {"name": MODEL_NAME, "version": shipped}
+    assert body["model"] == {"name": MODEL_NAME, "version": shipped, "label": "stable"}
 
 
 def test_docker_reports_the_api_healthy(compose_project):
@@ -91,44 +91,117 @@ def test_the_api_image_is_small_read_only_and_has_no_tensorflow_or_compiler(comp
     assert size <= API_IMAGE_MAX_BYTES, f"the api image is {size / 1e6:.0f} MB"
 
 
-def test_trainer_publishes_a_version_the_running_api_serves(compose_project):
-    compose_project.wait_ready()
-    versions_dir = compose_project.models_dir / MODEL_NAME
-    expected = published_versions(versions_dir)[-1] + 1
-    container = compose_project.api_container()
-    started_at = compose_project.docker("inspect", "--format", "{{.State.StartedAt}}", container)
-
+def retrain(compose_project, *options):
+    """Run the trainer through compose on the drawn pictures; return (status, stdout)."""
     result = compose_project.compose(
         "--profile", "train", "run", "--rm", "-T", "trainer",
         "--data-dir", compose_project.training_folder,
         "--epochs", "1", "--batch-size", "16", "--width", "8", "--image-size", "16",
         "--validation-split", "0.2", "--test-split", "0.2", "--precision", "float32",
-        timeout=TRAIN_SECONDS)
+        *options, timeout=TRAIN_SECONDS, check=False)
+    return result.returncode, result.stdout + result.stderr
 
-    assert f"published: /app/models/{MODEL_NAME}/{expected}" in result.stdout, result.stdout
-    published = versions_dir / str(expected)
-    assert all((published / name).exists() for name in PUBLISHED_FILES)
-    assert (published.stat().st_uid, published.stat().st_gid) == compose_project.user
-    body = compose_project.wait_for_health(
-        lambda answer: answer.get("model", {}).get("version") == expected,
-        time.monotonic() + 60, f"api serving version {expected}")
-    assert body["model"] == {"name": MODEL_NAME, "version": expected}
 
+def release(compose_project, *args):
+    """Run the release command through compose, as a user would; return its output."""
+    return compose_project.compose("run", "--rm", "-T", "release", *args).stdout
+
+
+def answered_version(compose_project, expected, headers=None):
+    """Poll /predict until version `expected` answers; return that answer."""
     jpeg = support.encode(support.draw_picture(support.SHAPE_COLOURS["blue"], size=48))
 
-    def answered_by_new_version():
-        response = compose_project.predict(jpeg, "blue.jpg")
+    def answered():
+        response = compose_project.http.post(
+            compose_project.url("/predict"), files={"file": ("blue.jpg", jpeg, "image/jpeg")},
+            headers=headers or {}, timeout=30)
         assert response.status_code == 200, response.text
         return response if response.json()["model"]["version"] == expected else None
 
     # Each worker switches at its own next look (MODEL_POLL_SECONDS=1): the worker that
     # answered /health may have switched while the one that takes this request is about to.
-    response = support.poll(answered_by_new_version, 10, f"/predict answered by version {expected}")
+    return support.poll(answered, 15, f"/predict answered by version {expected}")
+
+
+def test_the_gate_refuses_a_retrained_version_whose_classes_differ(compose_project):
+    compose_project.wait_ready()
+    versions_dir = compose_project.models_dir / MODEL_NAME
+    stable = published_versions(versions_dir)[-1]
+    status, output = retrain(compose_project)
+
+    expected = stable + 1
+    assert f"published: /app/models/{MODEL_NAME}/{expected}" in output, output
+    assert status == 3, output
+    assert (f"release gate: version {expected}" in output
+            and f"against stable version {stable}" in output
+            and "refused, its classes differ from stable's" in output), output
+    published = versions_dir / str(expected)
+    assert all((published / name).exists() for name in PUBLISHED_FILES)
+    assert (published.stat().st_uid, published.stat().st_gid) == compose_project.user
+    # Stable keeps serving; the new version answers only when asked for by number.
+    time.sleep(2)
+    assert answered_version(compose_project, stable).json()["model"]["label"] == "stable"
+    pinned = compose_project.http.post(
+        compose_project.url(f"/models/{MODEL_NAME}/versions/{expected}/predict"),
+        files={"file": ("blue.jpg", support.encode(support.draw_picture(
+            support.SHAPE_COLOURS["blue"])), "image/jpeg")}, timeout=30)
+    assert pinned.status_code == 200 and pinned.json()["model"]["version"] == expected
+
+
+def test_the_release_command_promotes_it_and_the_running_api_serves_it(compose_project):
+    compose_project.wait_ready()
+    versions_dir = compose_project.models_dir / MODEL_NAME
+    newest = published_versions(versions_dir)[-1]
+    container = compose_project.api_container()
+    started_at = compose_project.docker("inspect", "--format", "{{.State.StartedAt}}", container)
+
+    output = release(compose_project, "promote", MODEL_NAME, str(newest))
+
+    assert f"{newest} (stable)" in output and f"rollback goes to: {newest - 1}" in output
+    body = compose_project.wait_for_health(
+        lambda answer: answer.get("model", {}).get("version") == newest,
+        time.monotonic() + 60, f"api serving version {newest}")
+    assert body["model"] == {"name": MODEL_NAME, "version": newest}
+    response = answered_version(compose_project, newest)
+    assert response.json()["model"]["label"] == "stable"
     assert response.json()["predictions"][0]["label"] in support.SHAPE_COLOURS
     # The same container, never restarted, made the switch.
     assert compose_project.api_container() == container
     assert compose_project.docker("inspect", "--format", "{{.State.StartedAt}}",
                                   container) == started_at
+
+
+def test_a_canary_is_served_through_the_proxy_by_two_replicas(compose_project):
+    compose_project.compose("up", "--detach", "--no-build", "--scale", "api=2", timeout=180)
+    versions_dir = compose_project.models_dir / MODEL_NAME
+    stable = published_versions(versions_dir)[-1]
+    canary = stable - 1
+    support.poll(lambda: len(compose_project.compose("ps", "--quiet", "api").stdout.split()) == 2,
+                 60, "two api replicas")
+    release(compose_project, "canary", MODEL_NAME, str(canary), "--percent", "50")
+    jpeg = support.encode(support.draw_picture(support.SHAPE_COLOURS["green"], size=32))
+
+    def answers(count, headers=None):
+        found = []
+        for _ in range(count):
+            response = compose_project.http.post(
+                compose_project.url("/predict"), files={"file": ("g.jpg", jpeg, "image/jpeg")},
+                headers=headers or {}, timeout=30)
+            assert response.status_code == 200, response.text
+            found.append((response.json()["model"]["version"], response.json()["model"]["label"]))
+        return found
+
+    # Both replicas and their workers follow within a poll (MODEL_POLL_SECONDS=1).
+    support.poll(lambda: {label for _, label in answers(20)} == {"stable", "canary"}, 30,
+                 lambda: f"no canary answer{compose_project.logs()}")
+    time.sleep(2)
+    seen = answers(200)
+    assert set(seen) == {(stable, "stable"), (canary, "canary")}
+    assert 70 <= sum(label == "canary" for _, label in seen) <= 130, seen
+    for key in ("alice", "bob", "carol"):
+        assert len(set(answers(10, {"X-Routing-Key": key}))) == 1
+    release(compose_project, "canary", MODEL_NAME, "--off")
+    support.poll(lambda: set(answers(20)) == {(stable, "stable")}, 30, "the canary ended")
 
 
 def test_compose_down_leaves_nothing_running(compose_project):

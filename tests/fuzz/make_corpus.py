@@ -195,10 +195,35 @@ def infer_request_seeds():
     }
 
 
+def policy_seeds():
+    """serving.json files: the shapes the release command writes, and a few it refuses."""
+    def encoded(document):
+        return json.dumps(document, indent=2).encode()
+
+    return {
+        "empty.json": b"{}",
+        "stable.json": encoded({"version_labels": {"stable": 2}}),
+        "canary-split.json": encoded({"model_version_policy": {"latest": {"num_versions": 2}},
+                                      "version_labels": {"stable": 2, "canary": 3},
+                                      "canary": {"percent": 10, "mode": "split"}}),
+        "canary-shadow.json": encoded({"model_version_policy": {"all": {}},
+                                       "version_labels": {"stable": 1, "canary": 3},
+                                       "canary": {"percent": 12.5, "mode": "shadow"}}),
+        "specific-history.json": encoded({
+            "model_version_policy": {"specific": {"versions": [1, 3]}},
+            "version_labels": {"stable": 3},
+            "history": [{"stable": 1, "until": "2026-12-01T00:00:00+00:00", "by": "promote"}]}),
+        "missing-version.json": encoded({"version_labels": {"stable": 9}}),
+        "percent-too-high.json": encoded({"version_labels": {"canary": 2},
+                                          "canary": {"percent": 150}}),
+    }
+
+
 def main():
     """Replace every target's seed folder with freshly made seeds."""
     for target, seeds in {"decode_image": image_seeds(), "read_uploads": upload_seeds(),
-                          "model_store": metadata_seeds(),
+                          "model_repository": metadata_seeds(),
+                          "serving_policy": policy_seeds(),
                           "infer_request": infer_request_seeds()}.items():
         folder = CORPUS_DIR / target
         shutil.rmtree(folder, ignore_errors=True)

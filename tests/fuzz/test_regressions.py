@@ -44,7 +44,7 @@ def test_versions_with_hostile_metadata_are_skipped_and_the_good_one_served(mode
                                                                             start_service):
     versions = models_dir / "shapes"
     hostile = {}
-    for number, path in enumerate(saved_inputs("model_store"), start=2):
+    for number, path in enumerate(saved_inputs("model_repository"), start=2):
         staging = versions / f".tmp-{number}"
         shutil.copytree(versions / "1", staging)
         (staging / "metadata.json").write_bytes(path.read_bytes())

@@ -59,7 +59,7 @@ def test_multipart_files_are_answered_in_order_with_their_names(server):
     response = predict(server, files=files)
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == {"name": "shapes", "version": 1}
+    assert body["model"] == {"name": "shapes", "version": 1, "label": "stable"}
     assert [p["filename"] for p in body["predictions"]] == ["first.jpg", "second.png"]
     for prediction in body["predictions"]:
         assert prediction["label"] in ("blue", "green", "red")

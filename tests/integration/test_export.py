@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from model_training import export
-from service.artifact import PUBLISHED_FILES, SAVED_MODEL_VARIABLES, published_versions
-from service.inference import LiteRunner, ServingModel
+from service.models.artifact import PUBLISHED_FILES, SAVED_MODEL_VARIABLES, published_versions
+from service.models.inference import LiteRunner, ServingModel
 from tests import support
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.inference import LiteRunner, ModelLoadError, ServingModel
+from service.models.inference import LiteRunner, ModelLoadError, ServingModel
 from tests.support import publish_copy
 
 

@@ -109,7 +109,7 @@ def test_the_server_and_model_are_live_and_ready(client):
 def test_server_metadata_names_the_extensions_it_implements(client):
     metadata = client.get_server_metadata()
     assert metadata["name"] and metadata["version"]
-    assert metadata["extensions"] == ["binary_tensor_data", "classification"]
+    assert metadata["extensions"] == ["binary_tensor_data", "classification", "model_repository"]
 
 
 @pytest.mark.parametrize("version", ["", "1"])
@@ -213,7 +213,7 @@ def test_an_unknown_model_or_version_is_404(client):
     status, message = infer_error(client, [bytes_input(jpegs(1))], model="cats")
     assert status == 404 and "cats" in message
     status, message = infer_error(client, [bytes_input(jpegs(1))], version="2")
-    assert status == 404 and "version 1" in message
+    assert status == 404 and "loaded versions: 1" in message
     with pytest.raises(InferenceServerException) as raised:
         client.get_model_metadata(MODEL, "7")
     assert raised.value.status() == "404"
@@ -345,7 +345,8 @@ def test_the_generated_client_reads_health_and_metadata(generated):
     generated.check_model_version_readiness(MODEL, "1")
     with pytest.raises(NotFoundError):
         generated.check_model_version_readiness(MODEL, "2")
-    assert generated.read_server_metadata().extensions == ["binary_tensor_data", "classification"]
+    assert generated.read_server_metadata().extensions == ["binary_tensor_data", "classification",
+                                                           "model_repository"]
     metadata = generated.read_model_version_metadata(MODEL, "1")
     assert [tensor.name for tensor in metadata.inputs] == ["image", "pixels"]
     assert metadata.outputs[0].shape == [-1, 3]

@@ -59,7 +59,8 @@ def total(metric_samples, name, **labels):
 def serving_pids(metric_samples):
     """The worker processes that have loaded a model (the gauge reads 0 until then)."""
     return {labels["pid"] for name, labels, value in metric_samples
-            if name == "model_serving_version" and value >= 1}
+            if name == "model_serving_version" and labels["version_label"] == "stable"
+            and value >= 1}
 
 
 def wait_for_workers(server, count, timeout=90):
@@ -113,7 +114,7 @@ def test_metrics_add_up_over_two_workers(start_service, models_dir):
                      route="/predict", status="200") == len(image_counts)
         assert total(metric_samples, "model_load_seconds_count") == 2
         versions = {labels["pid"]: value for name, labels, value in metric_samples
-                    if name == "model_serving_version"}
+                    if name == "model_serving_version" and labels["version_label"] == "stable"}
         assert len(versions) == 2 and set(versions.values()) == {1}
 
 
@@ -147,8 +148,10 @@ def test_each_request_logs_one_json_line(observed):
 
 
 def test_model_loads_and_failures_are_logged_with_reasons(observed, observed_models):
-    [loaded] = log_entries(observed, event="model_swap", model_version=1)
-    assert "shapes" in loaded["message"] and loaded["load_seconds"] > 0
+    [loaded] = log_entries(observed, event="model_load", model_version=1)
+    assert loaded["model"] == "shapes" and loaded["load_seconds"] > 0
+    [swap] = log_entries(observed, event="model_swap", model_version=1)
+    assert "serving model shapes version 1" in swap["message"]
 
     # A published version that cannot be read is logged with its reason and skipped.
     broken = observed_models / "shapes" / "2"

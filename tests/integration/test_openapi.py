@@ -19,6 +19,10 @@ from tests import support
 ROUTES = {("/predict", "post"), ("/health/live", "get"), ("/health/ready", "get"),
           ("/health", "get"), ("/model", "get"), ("/metrics", "get"),
           ("/openapi.json", "get"), ("/", "get"),
+          # The model repository: every model, and predict by model, version or label.
+          ("/models", "get"), ("/models/{name}", "get"), ("/models/{name}/predict", "post"),
+          ("/models/{name}/versions/{version}/predict", "post"),
+          ("/models/{name}/labels/{label}/predict", "post"), ("/v2/repository/index", "post"),
           # The Open Inference Protocol's routes, each with and without a version.
           ("/v2", "get"), ("/v2/health/live", "get"), ("/v2/health/ready", "get"),
           *((f"/v2/models/{{name}}{version}{suffix}", method)
@@ -60,7 +64,7 @@ def test_the_document_is_valid_openapi_and_covers_every_route(api_key):
 def test_the_document_lists_every_route_the_app_serves():
     from service.app import create_app
 
-    app = create_app(Settings(), start_model_store=False)
+    app = create_app(Settings(), start_models=False)
     # Flask writes a path parameter as <name>, OpenAPI as {name}.
     served = {(re.sub(r"<(\w+)>", r"{\1}", rule.rule), method.lower())
               for rule in app.url_map.iter_rules()

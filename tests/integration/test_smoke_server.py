@@ -11,5 +11,5 @@ def test_service_classifies_an_upload(service):
                              files={"file": ("red.jpg", image, "image/jpeg")})
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == {"name": "shapes", "version": 1}
+    assert body["model"] == {"name": "shapes", "version": 1, "label": "stable"}
     assert body["predictions"][0]["filename"] == "red.jpg"

@@ -137,7 +137,8 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, shapes_dataset):
 
 
 def test_the_next_run_takes_the_next_version_number(tmp_path, models_dir, shapes_dataset):
-    folder = support.train_tiny_model(shapes_dataset, models_dir, "--epochs", "1")
+    folder = support.train_tiny_model(shapes_dataset, models_dir, "--epochs", "1",
+                                      "--release", "publish")
     assert folder == models_dir / "shapes" / "2"
     assert json.loads((folder / "metadata.json").read_text())["version"] == 2
 

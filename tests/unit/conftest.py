@@ -6,7 +6,8 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.unit.fakes import ColourModel, FakeStore
+from service.models.repository import ModelRepository
+from tests.unit.fakes import ColourLoader, publish_fake
 
 HEAVY_MODULES = ("tensorflow", "keras")
 HEAVY_BEFORE = pytest.StashKey[set]()
@@ -32,12 +33,25 @@ def no_tensorflow(request):
 
 
 @pytest.fixture
-def make_client():
-    """A Flask test client of the real app whose model store is a FakeStore."""
+def models_folder(tmp_path):
+    """A models folder with one version, colours/7, that a ColourLoader loads."""
+    publish_fake(tmp_path / "models", "colours", 7)
+    return tmp_path / "models"
 
-    def make(store=None, **settings):
-        app = create_app(Settings(**settings), start_model_store=False)
-        app.extensions["model_store"] = FakeStore(ColourModel()) if store is None else store
+
+@pytest.fixture
+def make_client(models_folder):
+    """A Flask test client of the real app; its repository loads ColourModels from
+    `models_folder` (refreshed once, unless `refresh` is false)."""
+
+    def make(loader=None, refresh=True, **settings):
+        settings = {"model_dir": str(models_folder), "model_name": "colours", **settings}
+        app = create_app(Settings(**settings), start_models=False)
+        repository = ModelRepository(settings["model_dir"], settings["model_name"],
+                                     load=loader or ColourLoader())
+        if refresh:
+            repository.refresh()
+        app.extensions["model_repository"] = repository
         return app.test_client()
 
     return make

@@ -1,18 +1,23 @@
-"""Stand-ins for the model store and a serving model: the Flask app runs without TensorFlow."""
+"""Stand-ins for loaded model versions: the Flask app and the repository run without LiteRT."""
+
+import json
+import os
 
 import numpy as np
+
+from service.models.artifact import METADATA_FILE, TFLITE_FILE, missing_files
+from service.models.inference import ModelLoadError
 
 
 class ColourModel:
     """Stands in for a ServingModel: names each picture after its strongest colour channel."""
 
-    name = "colours"
-    version = 7
     classes = ["blue", "green", "red"]
     input_shape = (16, 16, 3)
+    loaded_at = "2026-11-28T00:00:00+00:00"
 
-    def __init__(self, fail=False):
-        self.fail = fail
+    def __init__(self, name="colours", version=7, fail=False):
+        self.name, self.version, self.fail = name, version, fail
         self.batch_sizes = []
 
     def infer(self, images, all_cores=False):
@@ -30,19 +35,36 @@ class ColourModel:
 
     def describe(self):
         return {"name": self.name, "version": self.version, "classes": self.classes,
-                "loaded_at": "2026-11-28T00:00:00+00:00"}
+                "loaded_at": self.loaded_at}
 
 
-class FakeStore:
-    """Stands in for ModelStore: serves `model`, or none, in `state` for `reason`."""
+class ColourLoader:
+    """Stands in for ServingModel as the repository's loader: a ColourModel for any folder.
 
-    def __init__(self, model=None, state="ready", reason=""):
-        self.current = model
-        self.state = state
-        self.reason = reason
-        self.waits = []
+    Versions in `broken` fail to load; with `fail`, the models load but break when run.
+    """
 
-    def wait_for_model(self, timeout):
-        self.waits.append(timeout)
-        return self.current
+    def __init__(self, broken=(), fail=False):
+        self.broken, self.fail = set(broken), fail
+        self.loaded = {}
 
+    def __call__(self, path):
+        folder = os.path.normpath(path)
+        name, version = os.path.basename(os.path.dirname(folder)), int(os.path.basename(folder))
+        missing = missing_files(folder)
+        if missing:
+            raise ModelLoadError(f"it has no {' or '.join(missing)}")
+        if version in self.broken:
+            raise ModelLoadError("unreadable model.tflite: not a model")
+        model = ColourModel(name, version, self.fail)
+        self.loaded[name, version] = model
+        return model
+
+
+def publish_fake(models_dir, name, version):
+    """A version folder that holds the serving files, as complete as the repository needs."""
+    folder = models_dir / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / METADATA_FILE).write_text(json.dumps({"name": name}))
+    (folder / TFLITE_FILE).write_bytes(b"fake")
+    return folder

@@ -1,6 +1,6 @@
 """The version-folder layout both programs share: which folders are versions, which complete."""
 
-from service.artifact import (
+from service.models.artifact import (
     SERVING_FILES,
     complete_versions,
     missing_files,

@@ -10,7 +10,7 @@ from service.config import Settings
 
 def logged_client(capsys, hops, headers, peer="10.0.0.9"):
     """Send one request from `peer` with `headers`; return the `client` its log line names."""
-    app = create_app(Settings(trusted_proxy_hops=hops), start_model_store=False)
+    app = create_app(Settings(trusted_proxy_hops=hops), start_models=False)
     capsys.readouterr()
     response = app.test_client().get("/health/live", headers=headers,
                                      environ_base={"REMOTE_ADDR": peer})
@@ -37,7 +37,7 @@ def test_behind_one_proxy_the_address_it_appended_is_the_client(capsys, forwarde
 
 
 def test_the_request_line_is_logged_once_the_answer_is_out_not_before(capsys):
-    app = create_app(Settings(), start_model_store=False)
+    app = create_app(Settings(), start_models=False)
     capsys.readouterr()
     response = app.test_client().get("/health/live", headers={"X-Request-ID": "after-close"})
     assert "after-close" not in capsys.readouterr().out

@@ -7,7 +7,7 @@ from service.config import Settings, SettingsError
 
 def test_defaults_serve_the_shipped_model_on_port_8000():
     settings = Settings.from_env({})
-    assert (settings.port, settings.versions_dir) == (8000, "models/cifar10")
+    assert (settings.port, settings.model_dir, settings.model_name) == (8000, "models", "cifar10")
     assert settings.api_key == "" and settings.default_top_k == 3
 
 
@@ -17,7 +17,7 @@ def test_each_setting_is_read_from_its_upper_case_variable():
                                   "MAX_IMAGES_PER_REQUEST": " 4 ", "LOG_LEVEL": ""})
     assert settings.port == 9000 and settings.batch_max_wait_ms == 2.5
     assert settings.api_key == "s3cret" and settings.max_images_per_request == 4
-    assert settings.versions_dir == "/srv/models/flowers"
+    assert (settings.model_dir, settings.model_name) == ("/srv/models", "flowers")
     assert settings.log_level == "info"
 
 

@@ -30,7 +30,7 @@ def test_multipart_files_reach_the_model_in_order_with_their_names(client):
     response = post(client, data=files(("g.jpg", jpeg(green)), ("b.jpg", jpeg(blue))),
                     content_type="multipart/form-data")
     body = response.get_json()
-    assert body["model"] == {"name": "colours", "version": 7}
+    assert body["model"] == {"name": "colours", "version": 7, "label": "stable"}
     assert [(p["filename"], p["label"]) for p in body["predictions"]] == [("g.jpg", "green"),
                                                                           ("b.jpg", "blue")]
 
@@ -176,7 +176,7 @@ def test_an_unsupported_content_type_is_415(client):
 
 def test_bad_input_never_reaches_the_model(make_client):
     client = make_client()
-    model = client.application.extensions["model_store"].current
+    model = client.application.extensions["model_repository"].default.table.stable
     for payload in (b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff" + b"\0" * 100, b"BM"):
         status = post(client, data=payload, content_type="image/png").status_code
         assert 400 <= status < 500

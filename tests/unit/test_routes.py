@@ -1,11 +1,14 @@
 """The routes in-process: health, no model yet, API keys, request ids, and errors of any route."""
 
 import re
+import shutil
+import time
 
 import pytest
 
+from service import serving
 from tests import support
-from tests.unit.fakes import ColourModel, FakeStore
+from tests.unit.fakes import ColourLoader
 
 IMAGE = support.encode(support.draw_picture(support.SHAPE_COLOURS["green"]))
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -27,12 +30,15 @@ def test_ready_names_the_serving_model(client):
 
 
 @pytest.mark.parametrize("state, reason", [
-    ("loading", "the model is loading"),
-    ("no_model", "no model version has been published yet"),
-    ("load_failed", "no version under 'shapes' could be loaded"),
+    ("no_model", "no model version of 'colours' has been published yet"),
+    ("load_failed", "no version of 'colours' could be loaded; version 7 was skipped: "
+                    "unreadable model.tflite: not a model"),
 ])
-def test_without_a_model_the_app_is_live_but_not_ready(make_client, state, reason):
-    client = make_client(FakeStore(state=state, reason=reason))
+def test_without_a_model_the_app_is_live_but_not_ready(make_client, models_folder, state,
+                                                       reason):
+    if state == "no_model":
+        shutil.rmtree(models_folder / "colours")
+    client = make_client(ColourLoader(broken={7}))
     assert client.get("/health/live").status_code == 200
     for path in ("/health/ready", "/health"):
         response = client.get(path)
@@ -43,10 +49,14 @@ def test_without_a_model_the_app_is_live_but_not_ready(make_client, state, reaso
         assert reason in response.get_json()["error"]["message"]
 
 
-def test_a_request_waits_for_a_first_model_before_refusing(make_client):
-    store = FakeStore(state="loading", reason="the model is loading")
-    post_image(make_client(store))
-    assert store.waits and store.waits[0] > 0
+def test_a_request_waits_for_a_first_model_before_refusing(make_client, monkeypatch):
+    monkeypatch.setattr(serving, "FIRST_LOAD_WAIT_SECONDS", 0.3)
+    client = make_client(refresh=False)
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "loading"
+    started = time.monotonic()
+    support.assert_error(post_image(client), 503, "model_not_ready")
+    assert time.monotonic() - started >= 0.3
 
 
 def test_an_api_key_guards_predict_only(make_client):
@@ -71,7 +81,7 @@ def test_unknown_routes_and_methods_are_json_404_and_405(client):
 
 
 def test_a_model_that_breaks_is_a_json_500_that_leaks_nothing(make_client):
-    client = make_client(FakeStore(ColourModel(fail=True)))
+    client = make_client(ColourLoader(fail=True))
     support.assert_error(post_image(client), 500, "internal_error")
 
 

@@ -6,8 +6,9 @@ import sys
 
 from tests.support import ROOT
 
-SERVING_MODULES = ("service.app", "service.wsgi", "service.gunicorn_conf", "service.model_store",
-                   "service.inference", "service.artifact")
+SERVING_MODULES = ("service.app", "service.wsgi", "service.gunicorn_conf",
+                   "service.models.repository", "service.models.release",
+                   "service.models.inference", "service.models.artifact")
 
 
 def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):

@@ -74,7 +74,7 @@ class CountingActivity:
 def test_every_request_is_counted_in_and_out_once(monkeypatch, path, status):
     counting = CountingActivity()
     monkeypatch.setattr(worker_activity, "activity", counting)
-    app = create_app(Settings(), start_model_store=False)
+    app = create_app(Settings(), start_models=False)
     assert app.test_client().get(path).status_code == status
     assert counting.events == ["in", "out"]
 

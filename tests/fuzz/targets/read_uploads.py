@@ -17,7 +17,7 @@ DICTIONARY = "json.dict"
 @functools.cache
 def service_app():
     """The app as the service configures it, for its body, form-part and image-count limits."""
-    return create_app(start_model_store=False)
+    return create_app(start_models=False)
 
 
 def split(data):

@@ -1,4 +1,4 @@
-"""Fuzz target: the metadata.json of a version folder that the service's model poller reads.
+"""Fuzz target: the metadata.json of a version folder that the service's model repository reads.
 
 A version with hostile metadata must be skipped with a logged reason; the poll itself must
 neither raise nor serve it. The folder's model.tflite is not a model, so no input can load,
@@ -10,8 +10,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from service.artifact import TFLITE_FILE
-from service.model_store import ModelStore
+from service.models.artifact import TFLITE_FILE
+from service.models.repository import ModelRepository
 
 DICTIONARY = "json.dict"
 
@@ -28,11 +28,12 @@ class Records(logging.Handler):
 
 
 @functools.cache
-def versions_folder():
-    """A folder with one version, 1, whose model.tflite is not a model; and the log's records."""
-    folder = Path(tempfile.mkdtemp(prefix="fuzz-model-store-"))
-    (folder / "1").mkdir()
-    (folder / "1" / TFLITE_FILE).write_bytes(b"TFL3 not a model")
+def models_folder():
+    """A models folder with one model and one version, 1, whose model.tflite is not a model;
+    and the log's records."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-model-repository-"))
+    (folder / "fuzzed" / "1").mkdir(parents=True)
+    (folder / "fuzzed" / "1" / TFLITE_FILE).write_bytes(b"TFL3 not a model")
     log = Records()
     logging.getLogger("service").addHandler(log)
     logging.getLogger("service").propagate = False
@@ -40,12 +41,12 @@ def versions_folder():
 
 
 def test_one_input(data):
-    """Poll a folder whose one version holds `data` as its metadata.json."""
-    folder, log = versions_folder()
-    (folder / "1" / "metadata.json").write_bytes(data)
+    """Poll a models folder whose one version holds `data` as its metadata.json."""
+    folder, log = models_folder()
+    (folder / "fuzzed" / "1" / "metadata.json").write_bytes(data)
     log.records.clear()
-    store = ModelStore(str(folder))
-    if store.refresh() or store.current is not None:
+    repository = ModelRepository(str(folder), "fuzzed")
+    if repository.refresh() or repository.default.table.stable is not None:
         raise AssertionError("a version whose model.tflite is not a model was served")
     if not any(getattr(record, "model_version", None) == 1 for record in log.records):
         raise AssertionError("the version was skipped without a logged reason")

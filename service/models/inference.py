@@ -13,10 +13,13 @@ import threading
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from service.artifact import METADATA_FILE, TFLITE_FILE, missing_files
 from service.cpus import on_service_cpus, usable_cores
+from service.models.artifact import METADATA_FILE, TFLITE_FILE, missing_files
 
 EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
+# The accuracy figures of metadata.json's "metrics" that GET /model shows.
+CLIENT_METRICS = ("test_accuracy", "test_accuracy_single_view", "test_accuracy_flip_averaged",
+                  "test_images", "per_class_accuracy")
 
 
 class ModelLoadError(Exception):
@@ -87,8 +90,11 @@ class ServingModel:
         try:
             with open(os.path.join(path, METADATA_FILE), encoding="utf-8") as file:
                 self.metadata = json.load(file)
-            self.name = str(self.metadata["name"])
-            self.version = int(os.path.basename(os.path.normpath(path)))
+            str(self.metadata["name"])  # required by the artifact; the folder's name is served
+            folder = os.path.normpath(path)
+            # Served under its folder's names: models/<name>/<version>.
+            self.name = os.path.basename(os.path.dirname(folder))
+            self.version = int(os.path.basename(folder))
             self.classes = [str(label) for label in self.metadata["classes"]]
             shape = self.metadata["input"]
             self.input_shape = (int(shape["height"]), int(shape["width"]), int(shape["channels"]))
@@ -145,5 +151,15 @@ class ServingModel:
                 for i in best]
 
     def describe(self) -> dict:
-        """The metadata, plus when this process loaded it."""
-        return {**self.metadata, "version": self.version, "loaded_at": self.loaded_at}
+        """What a client needs of metadata.json, and when this process loaded it.
+
+        The training command and the paths of the machine it ran on stay in the file.
+        """
+        metrics = self.metadata.get("metrics")
+        height, width, channels = self.input_shape
+        return {"name": self.name, "version": self.version, "classes": self.classes,
+                "input": {"height": height, "width": width, "channels": channels},
+                "metrics": ({key: value for key, value in metrics.items()
+                             if key in CLIENT_METRICS} if isinstance(metrics, dict) else {}),
+                "created_at": self.metadata.get("created_at"),
+                "framework": self.metadata.get("framework"), "loaded_at": self.loaded_at}

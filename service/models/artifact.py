@@ -5,6 +5,8 @@ or the rule for a version on its own. This module imports no TensorFlow.
 """
 
 import os
+import re
+import tempfile
 
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
@@ -20,6 +22,18 @@ TEMPORARY_PREFIX = ".tmp-"
 SERVING_FILES = (METADATA_FILE, TFLITE_FILE)
 # What every version that training publishes holds.
 PUBLISHED_FILES = (KERAS_FILE, *SERVING_FILES, SAVED_MODEL_FILE, SAVED_MODEL_VARIABLES)
+# Beside the versions of a model: its serving policy (service/models/policy.py), and the
+# lock that release commands take to change it one at a time.
+POLICY_FILE = "serving.json"
+POLICY_LOCK_FILE = ".serving.lock"
+# A model's name, the folder under the models folder: it appears in URLs and metric labels.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def model_names(model_dir: str | os.PathLike) -> list[str]:
+    """The models under `model_dir`: every folder with a usable name, sorted."""
+    return sorted(entry.name for entry in os.scandir(model_dir)
+                  if MODEL_NAME.match(entry.name) and entry.is_dir())
 
 
 def version_number(name: str) -> int | None:
@@ -48,3 +62,19 @@ def complete_versions(versions_dir: str | os.PathLike, required=SERVING_FILES) -
     """The versions under `versions_dir` that hold every file in `required`, newest first."""
     return [version for version in reversed(published_versions(versions_dir))
             if not missing_files(os.path.join(versions_dir, str(version)), required)]
+
+
+def replace_file(folder: str, name: str, content: bytes) -> None:
+    """Write `folder/name` whole under a temporary name, then rename it into place.
+
+    A reader never sees half a file, also when a file of a published version is replaced.
+    """
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, os.path.join(folder, name))
+    except BaseException:
+        os.unlink(temporary)
+        raise

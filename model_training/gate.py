@@ -1,0 +1,119 @@
+"""The release gate: a newly published version replaces stable only if it is no worse.
+
+Both versions classify the same held-out images the training run never saw, each image
+decoded from the same bytes by the service's own decoder to each model's own input
+size, and run by the LiteRT runtime the api serves them with: what is compared is what
+clients would get. The new version passes when its accuracy is at least stable's minus
+the margin. A version whose classes differ from stable's does not pass unless that is
+asked for, since clients may rely on the labels. The first version of a model passes.
+"""
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from model_training.data import MAX_TRAINING_PIXELS, LabelledImages
+from service.images import decode_image
+from service.models.inference import ModelLoadError, ServingModel
+
+# The exit status of a training run whose new version the gate refused.
+REFUSED = 3
+# The default margin: a retrain may lose up to one point of accuracy to run-to-run noise
+# (the same recipe twice on CIFAR-10 differs by a few tenths) and still be promoted.
+DEFAULT_MARGIN = 0.01
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision on `version`, against `stable_version` (None for a first version)."""
+
+    version: int
+    accuracy: float
+    stable_version: int | None
+    stable_accuracy: float | None
+    margin: float
+    passed: bool
+    reason: str
+
+    def line(self) -> str:
+        """The decision in one line, both accuracies in it."""
+        if self.stable_version is None:
+            return (f"release gate: version {self.version} is the model's first "
+                    f"({self.accuracy:.4f})")
+        return (f"release gate: version {self.version} {self.accuracy:.4f} against stable "
+                f"version {self.stable_version} {self.stable_accuracy:.4f} (margin "
+                f"{self.margin:g}): {'passed' if self.passed else 'refused, ' + self.reason}")
+
+
+def load(model_dir: str, version: int) -> ServingModel | None:
+    """One version as the service loads it, or None when it does not load."""
+    try:
+        return ServingModel(os.path.join(model_dir, str(version)), warm_batch_size=BATCH)
+    except ModelLoadError:
+        return None
+
+
+def held_out_images(test_set: LabelledImages) -> list[bytes]:
+    """The test images as encoded files: the files themselves, or lossless PNGs of arrays."""
+    if test_set.sources is not None:
+        encoded = []
+        for path in test_set.sources:
+            with open(path, "rb") as file:
+                encoded.append(file.read())
+        return encoded
+    encoded = []
+    for image in test_set.images:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def accuracy(model: ServingModel, encoded: list[bytes], labels: list[str]) -> float:
+    """The share of `encoded` images whose top-1 label from `model` is the true one."""
+    height, width, channels = model.input_shape
+    correct = 0
+    for start in range(0, len(encoded), BATCH):
+        batch = np.stack([decode_image(data, height, width, channels, MAX_TRAINING_PIXELS)
+                          for data in encoded[start:start + BATCH]])
+        predicted = np.argmax(model.infer(batch), axis=1)
+        correct += sum(model.classes[index] == label
+                       for index, label in zip(predicted, labels[start:start + BATCH], strict=True))
+    return correct / len(encoded)
+
+
+def judge(model_dir: str, version: int, stable: int | None, test_set: LabelledImages,
+          margin: float = DEFAULT_MARGIN, allow_class_change: bool = False) -> Verdict:
+    """Compare `version` with `stable` on the held-out `test_set`; say whether it passes."""
+    encoded = held_out_images(test_set)
+    labels = [test_set.class_names[index] for index in test_set.labels]
+    new = load(model_dir, version)
+    if new is None:
+        raise ModelLoadError(f"the new version {version} does not load")
+    new_accuracy = accuracy(new, encoded, labels)
+    old = load(model_dir, stable) if stable is not None and stable != version else None
+    if old is None:
+        return Verdict(version, new_accuracy, None, None, margin, True, "")
+    old_accuracy = accuracy(old, encoded, labels)
+    if new.classes != old.classes and not allow_class_change:
+        return Verdict(version, new_accuracy, stable, old_accuracy, margin, False,
+                       f"its classes differ from stable's ({class_change(old, new)}; pass "
+                       "--allow-class-change to release it anyway)")
+    if new_accuracy < old_accuracy - margin:
+        return Verdict(version, new_accuracy, stable, old_accuracy, margin, False,
+                       "it is worse than stable by more than the margin")
+    return Verdict(version, new_accuracy, stable, old_accuracy, margin, True, "")
+
+
+def class_change(old: ServingModel, new: ServingModel) -> str:
+    """How `new`'s class list differs from `old`'s, in words."""
+    added = [name for name in new.classes if name not in old.classes]
+    removed = [name for name in old.classes if name not in new.classes]
+    if not added and not removed:
+        return "the same classes in another order"
+    return "; ".join(part for part in (f"added {', '.join(added)}" if added else "",
+                                       f"removed {', '.join(removed)}" if removed else "") if part)

@@ -1,0 +1,137 @@
+"""The release command: show, canary, promote and roll back, and every way it refuses."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from service.models import release
+from service.models.artifact import POLICY_FILE, TFLITE_FILE
+from tests.unit.fakes import publish_fake
+
+
+@pytest.fixture
+def models(tmp_path):
+    """colours with versions 1-3 and serving.json pinning stable to 2."""
+    folder = tmp_path / "models"
+    for version in (1, 2, 3):
+        publish_fake(folder, "colours", version)
+    (folder / "colours" / POLICY_FILE).write_text(json.dumps({"version_labels": {"stable": 2}}))
+    return folder
+
+
+def run(models, *args):
+    return release.main(["--models-dir", str(models), *map(str, args)])
+
+
+def policy(models):
+    return json.loads((models / "colours" / POLICY_FILE).read_text())
+
+
+def test_a_canary_is_set_promoted_and_rolled_back(models, capsys):
+    assert run(models, "canary", "colours", 3, "--percent", 10) == 0
+    assert "canary: version 3, 10% of unpinned requests, split" in capsys.readouterr().out
+    assert policy(models)["version_labels"] == {"canary": 3, "stable": 2}
+    assert policy(models)["canary"] == {"percent": 10, "mode": "split"}
+
+    assert run(models, "promote", "colours") == 0
+    promoted = policy(models)
+    assert promoted["version_labels"] == {"stable": 3} and "canary" not in promoted
+    assert promoted["history"][-1]["stable"] == 2
+    assert "rollback goes to: 2" in capsys.readouterr().out
+
+    assert run(models, "rollback", "colours") == 0
+    assert policy(models)["version_labels"] == {"stable": 2}
+    assert "history" not in policy(models)
+
+
+def test_a_shadow_canary_and_ending_it(models):
+    assert run(models, "canary", "colours", 3, "--percent", 25.5, "--mode", "shadow") == 0
+    assert policy(models)["canary"] == {"percent": 25.5, "mode": "shadow"}
+    assert run(models, "canary", "colours", "--off") == 0
+    assert policy(models)["version_labels"] == {"stable": 2} and "canary" not in policy(models)
+
+
+def test_a_version_can_be_promoted_by_number(models):
+    assert run(models, "promote", "colours", 1) == 0
+    assert policy(models)["version_labels"] == {"stable": 1}
+    assert [entry["stable"] for entry in policy(models)["history"]] == [2]
+
+
+def test_status_shows_versions_labels_and_history(models, capsys):
+    release.promote(str(models / "colours"), 3)
+    (models / "colours" / "4").mkdir()
+    assert run(models, "status", "colours") == 0
+    out = capsys.readouterr().out
+    assert "versions: 1, 2, 3 (stable), 4 (incomplete)" in out
+    assert "rollback goes to: 2" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (("status", "nope"), "there is no model folder"),
+    (("canary", "colours", 7), "version 7 of colours does not exist, so it cannot be canary"),
+    (("canary", "colours", 2), "version 2 is already stable"),
+    (("promote", "colours"), "there is no canary to promote; name a version"),
+    (("rollback", "colours"), "no earlier stable version in the history"),
+])
+def test_bad_requests_end_with_one_line_and_status_2(models, capsys, args, words):
+    before = (models / "colours" / POLICY_FILE).read_bytes()
+    assert run(models, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+    assert (models / "colours" / POLICY_FILE).read_bytes() == before
+
+
+def test_an_incomplete_version_is_refused(models, capsys):
+    os.unlink(models / "colours" / "3" / TFLITE_FILE)
+    assert run(models, "promote", "colours", 3) == 2
+    assert "version 3 of colours is incomplete (it has no model.tflite)" in capsys.readouterr().err
+
+
+def test_a_broken_policy_file_is_refused_not_overwritten(models, capsys):
+    (models / "colours" / POLICY_FILE).write_text('{"version_labels": {"stable": 2},')
+    assert run(models, "canary", "colours", 3) == 2
+    assert "cannot be used (not valid JSON" in capsys.readouterr().err
+    assert (models / "colours" / POLICY_FILE).read_text().endswith(",")
+
+
+@pytest.mark.parametrize("args", [("canary", "colours"), ("canary", "colours", 3, "--off"),
+                                  ("canary", "colours", 3, "--percent", 101),
+                                  ("canary", "colours", "three"), ("promote", "colours", 0)])
+def test_a_malformed_command_line_is_a_usage_error(models, args):
+    with pytest.raises(SystemExit) as exit_:
+        run(models, *args)
+    assert exit_.value.code == 2
+
+
+def test_a_read_only_models_folder_is_a_clear_error(models, capsys):
+    os.chmod(models / "colours", 0o555)
+    try:
+        if os.access(models / "colours", os.W_OK):
+            pytest.skip("running as a user who can write anyway (root)")
+        assert run(models, "canary", "colours", 3) == 2
+        assert "cannot write" in capsys.readouterr().err
+    finally:
+        os.chmod(models / "colours", 0o755)
+
+
+def test_commands_at_once_apply_one_after_the_other(models):
+    folder = str(models / "colours")
+    candidates = range(4, 10)
+    for version in candidates:
+        publish_fake(models, "colours", version)
+    promoted = [multiprocessing.Process(target=release.promote, args=(folder, version))
+                for version in candidates]
+    for process in promoted:
+        process.start()
+    for process in promoted:
+        process.join(30)
+    assert all(process.exitcode == 0 for process in promoted)
+    # Each promote saw the one before it: no change was lost, so the history holds the
+    # first stable and every promoted version but the last, which is stable now.
+    final = policy(models)
+    history = [entry["stable"] for entry in final["history"]]
+    assert history[0] == 2 and len(history) == len(candidates)
+    assert sorted([*history[1:], final["version_labels"]["stable"]]) == list(candidates)
+    assert not [name for name in os.listdir(folder) if name.startswith(".tmp-")]
