@@ -1,0 +1,1 @@
+"""The model lifecycle: version folders, serving policies, loaded versions and routing."""
