@@ -29,17 +29,21 @@ from service.models.artifact import POLICY_FILE, complete_versions
 POLICIES = ("none", "split 10%", "shadow 10%")
 
 
+# The options beside the image ones: flag, type, default, what it sets.
+OPTIONS = (("--models", str, "models", "models folder to copy"),
+           ("--model-name", str, "cifar10", "the model measured"),
+           ("--second-model", str, "digits", "the other model, for the memory figure"),
+           ("--clients", int, 32, "concurrent clients"),
+           ("--seconds", int, 10, "seconds per run"),
+           ("--rounds", int, 3, "runs of each policy"),
+           ("--port", int, 18100, "the service's port on 127.0.0.1"))
+
+
 def parse_args(argv):
     """Read the command line."""
     parser = image_parser("python -m benchmarks.release_policies", __doc__)
-    parser.add_argument("--models", default="models", help="models folder to copy (models)")
-    parser.add_argument("--model-name", default="cifar10", help="the model measured (cifar10)")
-    parser.add_argument("--second-model", default="digits",
-                        help="the other model, for the memory figure (digits)")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (32)")
-    parser.add_argument("--seconds", type=int, default=10, help="seconds per run (10)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each policy (3)")
-    parser.add_argument("--port", type=int, default=18100)
+    for flag, kind, default, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} ({default})")
     return parser.parse_args(argv)
 
 
