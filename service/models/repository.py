@@ -28,6 +28,7 @@ from service.models.artifact import POLICY_FILE, model_names, published_versions
 from service.models.inference import ModelLoadError, ServingModel
 from service.models.policy import (
     ALL,
+    CANARY,
     LATEST,
     STABLE,
     PolicyError,
@@ -78,6 +79,8 @@ class Model:
         self._file_stamp = None
         self._file_result: ServingPolicy | PolicyError | None = None
         self._logged_problem = ""
+        # (what was on disk, the problem) of the last policy refused for what it names.
+        self._refused = None
         self.settled = threading.Event()
 
     # Requests call these.
@@ -144,14 +147,21 @@ class Model:
             newest_first = self.on_disk[::-1]
             candidate, source = self._read_policy()
             problem = ""
+            # A policy refused for what is on disk is not tried again (nor are the versions
+            # it named loaded again) until the file or a version folder changes.
+            disk = (self._file_stamp, self._disk_state())
             if isinstance(candidate, PolicyError):
                 problem = f"{POLICY_FILE} cannot be used: {candidate}"
+            elif self._refused and self._refused[0] == disk:
+                problem = self._refused[1]
             else:
                 table, version_problems, refusal = self._build(candidate, newest_first)
                 if refusal:
                     problem = f"{POLICY_FILE} is not in force: {refusal}"
+                    self._refused = (disk, problem)
                 else:
                     self.policy, self.policy_source = candidate, source
+                    self._refused = None
             if problem:
                 # The last good policy stays; at start there is none, and nothing serves.
                 table, version_problems, _ = (self._build(self.policy, newest_first) if self.policy
@@ -167,6 +177,17 @@ class Model:
             return self._swap(table, newest_first, problem)
         finally:
             self.settled.set()
+
+    def _disk_state(self) -> tuple:
+        """Each version folder with its modification time: a change to any shows here."""
+        state = []
+        for version in self.on_disk:
+            try:
+                stamp = os.stat(os.path.join(self.folder, str(version))).st_mtime_ns
+            except OSError:
+                continue
+            state.append((version, stamp))
+        return tuple(state)
 
     def _read_policy(self) -> tuple[ServingPolicy | PolicyError, str]:
         """The policy serving.json holds (or the default without one), and its source."""
@@ -197,17 +218,8 @@ class Model:
                 return None
             return self._load_version(version)
 
-        kept = policy.versions
-        wanted = (newest_first if kept.kind in (LATEST, ALL)
-                  else sorted(kept.versions, reverse=True))
-        for version in wanted:
-            if kept.kind == LATEST and len(loaded) == kept.num_versions:
-                break
-            model = get(version)
-            if model is not None:
-                loaded[version] = model
-            else:
-                problems[version] = self._why_not(version)
+        # Labels first: a label that cannot be honoured refuses the policy before any
+        # other version is loaded for it.
         labels = {}
         for label, version in sorted(policy.labels.items()):
             model = get(version)
@@ -220,8 +232,35 @@ class Model:
             if version not in self.on_disk:
                 problems[version] = ("deleted from disk; it serves from memory while the "
                                      "policy names it")
-        if STABLE not in labels and loaded:
-            labels[STABLE] = max(loaded)
+        kept = policy.versions
+        wanted = (newest_first if kept.kind in (LATEST, ALL)
+                  else sorted(kept.versions, reverse=True))
+        selected = []
+        for version in wanted:
+            if kept.kind == LATEST and len(selected) == kept.num_versions:
+                break
+            model = get(version)
+            if model is not None:
+                loaded[version] = model
+                selected.append(version)
+            else:
+                problems[version] = self._why_not(version)
+        if STABLE not in labels:
+            # Without a stable label: the newest version the policy keeps that is not the
+            # canary, else the newest other version that loads.
+            others = [version for version in selected if version != labels.get(CANARY)]
+            if not others and CANARY in labels:
+                for version in newest_first:
+                    model = get(version) if version != labels[CANARY] else None
+                    if model is not None:
+                        loaded[version] = model
+                        others = [version]
+                        break
+            if others:
+                labels[STABLE] = max(others)
+            elif CANARY in labels:
+                return (RoutingTable(self.name, {}, {}), problems,
+                        "the canary is the only version that loads; label a stable version")
         return RoutingTable(self.name, loaded, labels, policy.canary), problems, ""
 
     def _why_not(self, version: int) -> str:

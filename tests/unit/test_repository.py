@@ -221,3 +221,38 @@ def test_the_default_model_is_loaded_first(models):
 
     repository_of(models, load, default="shapes")
     assert "shapes" in order[0]
+
+
+def test_a_refused_policy_loads_nothing_again_until_something_changes(models, caplog):
+    publish_fake(models, "colours", 4)
+    loads = []
+    loader = ColourLoader()
+
+    def load(path):
+        loads.append(path)
+        return loader(path)
+
+    write_policy(models, {"version_labels": {"stable": 1}})
+    repository = repository_of(models, load)
+    write_policy(models, {"version_labels": {"stable": 2, "canary": 9}})
+    repository.refresh()
+    after_refusal = len(loads)
+    for _ in range(3):
+        repository.refresh()
+    assert len(loads) == after_refusal and served(repository) == 1
+    publish_fake(models, "colours", 9)
+    repository.refresh()
+    assert served(repository) == 2 and served(repository, label="canary") == 9
+
+
+def test_without_a_stable_label_the_canary_is_never_stable(models):
+    write_policy(models, {"version_labels": {"canary": 3}, "canary": {"percent": 50}})
+    repository = repository_of(models)
+    assert served(repository, label="stable") == 2 and served(repository, label="canary") == 3
+    for version in (1, 2):
+        shutil.rmtree(models / "colours" / str(version))
+    write_policy(models, {"version_labels": {"canary": 3}})
+    repository.refresh()
+    model = repository.model("colours")
+    assert "the canary is the only version that loads" in model.policy_problem
+    assert served(repository, label="stable") == 2
