@@ -5,14 +5,16 @@
 
 # Python packages go into a virtual environment that is copied whole into the final stage,
 # so the result does not depend on where the base image keeps its packages. Wheels only:
-# nothing is compiled, so no compiler is ever needed; pip itself stays behind.
+# nothing is compiled, so no compiler is ever needed; pip itself stays behind. Every
+# package, dependencies included, comes from a lock file with its hashes (--require-hashes):
+# a wheel that differs from the one locked is refused (scripts/lock-requirements.sh).
 FROM python:3.11-slim-bookworm AS api-packages
 RUN python -m venv /opt/venv
-COPY requirements-serving.txt /tmp/
+COPY requirements-serving.lock /tmp/
 # Out go the packages' own test suites, and the parts of LiteRT a CPU interpreter never
 # loads: its WebGPU accelerator (18 MB), vendor NPU compiler plugins and command-line tools.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-        -r /tmp/requirements-serving.txt \
+        --require-hashes -r /tmp/requirements-serving.lock \
     && cd /opt/venv/lib/python3*/site-packages \
     && rm -rf ai_edge_litert/libLiteRtWebGpuAccelerator.so ai_edge_litert/vendors ai_edge_litert/tools \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
@@ -20,12 +22,13 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-
 
 FROM python:3.11-slim-bookworm AS trainer-packages
 RUN python -m venv /opt/venv
-COPY requirements.txt requirements-serving.txt /tmp/
-# requirements.txt picks tensorflow-cpu on amd64 and tensorflow (a CPU build there) on arm64.
+COPY requirements.lock /tmp/
+# The lock (from requirements.txt) picks tensorflow-cpu on amd64 and tensorflow (a CPU
+# build there) on arm64.
 # Out go what only compiling needs: TensorFlow's C++ headers (about 290 MB, for custom
 # ops) and libclang (60 MB, a C compiler front end that TensorFlow declares but never imports).
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-        -r /tmp/requirements.txt \
+        --require-hashes -r /tmp/requirements.lock \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet libclang \
     && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
