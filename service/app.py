@@ -4,6 +4,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import metrics
+from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
 from service.cpus import service_cores
@@ -30,6 +31,12 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
         # client wrote into the headers itself are ignored.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops,
                                 x_proto=settings.trusted_proxy_hops)
+
+    # An unusable key file raises ApiKeyError here: the service does not start without the
+    # authentication it was configured with.
+    keys = ApiKeys(settings.api_key, settings.api_key_file, on_reload=metrics.record_api_keys)
+    metrics.API_KEYS.set(keys.count)
+    app.extensions["api_keys"] = keys
 
     store = ModelStore(settings.versions_dir, settings.model_poll_seconds,
                        warm_batch_size=settings.batch_max_size, on_load=metrics.record_model_load,

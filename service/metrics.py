@@ -33,6 +33,11 @@ MODEL_LOAD_SECONDS = Histogram("model_load_seconds", "Time to load and warm a mo
                                buckets=(0.5, 1, 2, 5, 10, 20, 60))
 MODEL_VERSION = Gauge("model_serving_version", "The model version each worker serves.",
                       multiprocess_mode="liveall")
+API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none required).",
+                 multiprocess_mode="liveall")
+API_KEY_RELOADS = Counter("api_key_file_reloads_total",
+                          "Reads of API_KEY_FILE, at start and after each change, by outcome.",
+                          ["outcome"])
 
 
 def count_classified(labels: Iterable[str]) -> None:
@@ -47,6 +52,12 @@ def record_model_load(model: "ServingModel", seconds: float) -> None:
     """Note a newly served version and how long it took to load."""
     MODEL_LOAD_SECONDS.observe(seconds)
     MODEL_VERSION.set(model.version)
+
+
+def record_api_keys(ok: bool, key_count: int) -> None:
+    """Note a read of the key file (never a key: only whether it worked and how many)."""
+    API_KEY_RELOADS.labels(outcome="loaded" if ok else "failed").inc()
+    API_KEYS.set(key_count)
 
 
 def render() -> tuple[bytes, str]:

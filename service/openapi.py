@@ -7,7 +7,8 @@ from service.images import SUPPORTED_FORMATS
 PROTOCOL_ERROR_STATUSES = {
     "ProtocolBadRequest": "An inference request that cannot be read: JSON, tensors, datatype, "
                           "shape, binary data, unknown input or output, or an undecodable image.",
-    "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY is configured.",
+    "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY or API_KEY_FILE "
+                            "is configured.",
     "ProtocolNotFound": "Unknown model, or a version that is not loaded.",
     "ProtocolTooLarge": "Body, image or batch too large.",
     "ProtocolUnsupportedMediaType": "Not an accepted Content-Type or Content-Encoding, or not an "
@@ -18,7 +19,8 @@ PROTOCOL_ERROR_STATUSES = {
 ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
                   "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image).",
-    "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY is configured.",
+    "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY or "
+                    "API_KEY_FILE is configured.",
     "NotFound": "No such route (not_found).",
     "MethodNotAllowed": "The route exists but not for this method (method_not_allowed); "
                         "the Allow header lists the methods it takes.",
@@ -89,7 +91,7 @@ def openapi_document(settings: Settings, served_version: int | None = None) -> d
                     "required": False, "schema": {"type": "integer", "minimum": 1}}},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "Authorization: Bearer <API_KEY>"},
+                           "description": "Authorization: Bearer <key>"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
         },
@@ -132,7 +134,7 @@ def _predict(settings):
 def _security(settings):
     """With an API key configured either scheme is required; without one, none is checked."""
     security = [{"bearer": []}, {"apiKey": []}]
-    return security if settings.api_key else [{}, *security]
+    return security if settings.requires_api_key else [{}, *security]
 
 
 def _ready(operation_id):
