@@ -14,6 +14,7 @@ from service.json_log import configure_logging
 from service.model_store import ModelStore
 from service.request_log import register_request_logging
 from service.routes import blueprint
+from service.security_headers import register_security_headers
 from service.worker_activity import activity, register_worker_activity
 
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, start_model_store: bool = True)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)
+    register_security_headers(app)
     app.register_blueprint(blueprint)
     app.register_blueprint(inference_protocol)
     if start_model_store:
