@@ -57,3 +57,17 @@ def test_the_images_and_run_tests_install_the_locks_with_their_hashes():
         assert "--require-hashes" in install and "--only-binary=:all:" in install, lock
     assert "--require-hashes" in (ROOT / "run-tests").read_text()
     assert "-r requirements-test.lock" in (ROOT / "run-tests").read_text()
+
+
+def test_a_package_has_one_version_in_every_lock_but_the_documented_exceptions(tmp_path):
+    folder = copy_of_the_requirements(tmp_path)
+    trainer = folder / "requirements.lock"
+    trainer.write_text(trainer.read_text().replace("\nnumpy==2.4.6 ", "\nnumpy==2.4.5 "))
+    problems = lockfiles.problems(folder)
+    assert "requirements.lock has numpy ['2.4.5'], requirements-serving.lock has ['2.4.6']" in (
+        problems)
+    assert "requirements-test.lock has numpy ['2.4.6'], requirements.lock has ['2.4.5']" in (
+        problems)
+    # The one exception today, and why: it is the test tools' need, not the images'.
+    assert set(lockfiles.TEST_ONLY_VERSIONS) == {"ml-dtypes"}
+    assert not any("ml-dtypes" in problem for problem in problems)
