@@ -7,6 +7,7 @@ of a change (service/api_keys.py).
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -42,16 +43,14 @@ class Clients:
         self.server, self.key = server, OLD
         self.answers, self.failures = 0, []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(LOAD_THREADS)]
+        self._pool = ThreadPoolExecutor(LOAD_THREADS)
 
     def _run(self):
         session = requests.Session()
         while not self._stop.is_set():
             key = self.key
             try:
-                response = predict(self.server, key, session)
-                status = response.status_code
+                status = predict(self.server, key, session).status_code
             except requests.RequestException as error:
                 status = repr(error)
             self.answers += 1
@@ -59,14 +58,14 @@ class Clients:
                 self.failures.append((key[:3], status))
 
     def __enter__(self):
-        for thread in self._threads:
-            thread.start()
+        self._running = [self._pool.submit(self._run) for _ in range(LOAD_THREADS)]
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+        self._pool.shutdown(wait=True)
+        for running in self._running:
+            running.result()
 
 
 def test_a_key_is_rotated_under_load_with_no_failed_request(start_service, models_dir, tmp_path):
