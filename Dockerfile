@@ -5,31 +5,34 @@
 
 # Python packages go into a virtual environment that is copied whole into the final stage,
 # so the result does not depend on where the base image keeps its packages. Wheels only:
-# nothing is compiled, so no compiler is ever needed; pip itself stays behind.
+# nothing is compiled, so no compiler is ever needed. Every package, dependencies
+# included, comes from a lock file with its hashes (--require-hashes): a wheel that differs
+# from the one locked is refused (scripts/lock-requirements.sh). The environment is made
+# without pip, and the base image's pip installs into it, so it holds the locked packages
+# and nothing else: no pip, and no setuptools (with its start-up .pth file) unless locked.
 FROM python:3.11-slim-bookworm AS api-packages
-RUN python -m venv /opt/venv
-COPY requirements-serving.txt /tmp/
+RUN python -m venv --without-pip /opt/venv
+COPY requirements-serving.lock /tmp/
 # Out go the packages' own test suites, and the parts of LiteRT a CPU interpreter never
 # loads: its WebGPU accelerator (18 MB), vendor NPU compiler plugins and command-line tools.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-        -r /tmp/requirements-serving.txt \
+RUN python -m pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check \
+        --only-binary=:all: --require-hashes -r /tmp/requirements-serving.lock \
     && cd /opt/venv/lib/python3*/site-packages \
     && rm -rf ai_edge_litert/libLiteRtWebGpuAccelerator.so ai_edge_litert/vendors ai_edge_litert/tools \
-    && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
-    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
+    && find /opt/venv -depth -type d -name tests -exec rm -rf {} +
 
 FROM python:3.11-slim-bookworm AS trainer-packages
-RUN python -m venv /opt/venv
-COPY requirements.txt requirements-serving.txt /tmp/
-# requirements.txt picks tensorflow-cpu on amd64 and tensorflow (a CPU build there) on arm64.
+RUN python -m venv --without-pip /opt/venv
+COPY requirements.lock /tmp/
+# The lock (from requirements.txt) picks tensorflow-cpu on amd64 and tensorflow (a CPU
+# build there) on arm64.
 # Out go what only compiling needs: TensorFlow's C++ headers (about 290 MB, for custom
 # ops) and libclang (60 MB, a C compiler front end that TensorFlow declares but never imports).
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-        -r /tmp/requirements.txt \
-    && /opt/venv/bin/python -m pip uninstall --yes --quiet libclang \
+RUN python -m pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check \
+        --only-binary=:all: --require-hashes -r /tmp/requirements.lock \
+    && python -m pip --python /opt/venv/bin/python uninstall --yes --quiet libclang \
     && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include \
-    && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
-    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
+    && find /opt/venv -depth -type d -name tests -exec rm -rf {} +
 
 # What both images share: no build tools, no pip cache, one unprivileged user.
 FROM python:3.11-slim-bookworm AS runtime

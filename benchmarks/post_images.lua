@@ -18,13 +18,22 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
+-- wrk.format takes these headers instead of wrk's own: keep those given with -H (an API
+-- key, say) that the request does not set itself.
+local function with_given_headers(headers)
+   for name, value in pairs(wrk.headers) do
+      if headers[name] == nil then headers[name] = value end
+   end
+   return headers
+end
+
 local function multipart_request(path, data)
    local headers = {["Content-Type"] = "multipart/form-data; boundary=" .. boundary}
    local name = path:match("([^/]+)$")
    local body = "--" .. boundary .. "\r\n"
       .. 'Content-Disposition: form-data; name="file"; filename="' .. name .. '"\r\n'
       .. "Content-Type: image/jpeg\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
-   return wrk.format("POST", nil, headers, body)
+   return wrk.format("POST", nil, with_given_headers(headers), body)
 end
 
 -- A 4-byte little-endian length (LuaJIT's Lua 5.1 has no bit operators).
@@ -41,7 +50,7 @@ local function v2_request(path, data)
       .. '"outputs":[{"name":"probabilities","parameters":{"classification":3}}]}'
    local headers = {["Content-Type"] = "application/octet-stream",
                     ["Inference-Header-Content-Length"] = tostring(#header)}
-   return wrk.format("POST", nil, headers, header .. le32(#data) .. data)
+   return wrk.format("POST", nil, with_given_headers(headers), header .. le32(#data) .. data)
 end
 
 function init(args)

@@ -6,6 +6,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import metrics
+from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
 from service.cpus import service_cores
@@ -17,6 +18,7 @@ from service.models.repository import ModelRepository
 from service.models.shadow import ShadowRunner
 from service.request_log import register_request_logging
 from service.routes import blueprint
+from service.security_headers import register_security_headers
 from service.worker_activity import activity, register_worker_activity
 
 
@@ -35,6 +37,12 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops,
                                 x_proto=settings.trusted_proxy_hops)
 
+    # An unusable key file raises ApiKeyError here: the service does not start without the
+    # authentication it was configured with.
+    keys = ApiKeys(settings.api_key, settings.api_key_file, on_reload=metrics.record_api_keys)
+    metrics.API_KEYS.set(keys.count)
+    app.extensions["api_keys"] = keys
+
     # One worker per core: a lone request may borrow the idle workers' cores.
     load = functools.partial(ServingModel, warm_batch_size=settings.batch_max_size,
                              threads=settings.model_threads,
@@ -51,6 +59,7 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)
+    register_security_headers(app)
     app.register_blueprint(blueprint)
     app.register_blueprint(inference_protocol)
     if start_models:

@@ -29,6 +29,10 @@ class Settings:
     max_images_per_request: int = 32
     default_top_k: int = 3
     api_key: str = ""
+    # A file of keys, one per line, re-read when it changes (service/api_keys.py): several
+    # keys valid at once, so a key is rotated without a failed request, and the key is kept
+    # out of the environment. Never together with api_key.
+    api_key_file: str = ""
     batch_max_size: int = 32
     batch_max_wait_ms: float = 5.0
     model_poll_seconds: float = 5.0
@@ -71,9 +75,18 @@ class Settings:
             raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
         if self.model_poll_seconds <= 0:
             raise SettingsError("MODEL_POLL_SECONDS must be above 0")
+        if self.api_key and self.api_key_file:
+            # Both would leave the environment's key valid after a rotation in the file.
+            raise SettingsError("Set API_KEY or API_KEY_FILE, not both: a key in the "
+                                "environment could not be rotated with the file's keys")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical, "
                                 f"not {self.log_level!r}")
+
+    @property
+    def requires_api_key(self) -> bool:
+        """True when /predict and /v2 inference need a key (API_KEY or API_KEY_FILE is set)."""
+        return bool(self.api_key or self.api_key_file)
 
 
 def _parse(name, raw, kind):

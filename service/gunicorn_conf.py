@@ -1,17 +1,30 @@
 """Gunicorn settings: gunicorn -c service/gunicorn_conf.py (the container runs the same)."""
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
 from gunicorn.glogging import Logger
 
-from service.config import Settings
+from service.api_keys import ApiKeyError, ApiKeys
+from service.config import Settings, SettingsError
 from service.cpus import pin_worker
-from service.json_log import StderrRelay, gunicorn_logging
+from service.json_log import JsonFormatter, StderrRelay, gunicorn_logging
 from service.worker_activity import activity
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+    # Read once here so that an unusable key file stops the master before any worker
+    # starts (each worker reads it again, and then whenever it changes).
+    ApiKeys(settings.api_key, settings.api_key_file)
+except (SettingsError, ApiKeyError) as refusal:
+    # One JSON line that says why, instead of gunicorn's traceback of its config file.
+    record = logging.makeLogRecord({"name": "service", "levelno": logging.CRITICAL,
+                                    "levelname": "CRITICAL", "msg": f"not starting: {refusal}"})
+    print(JsonFormatter().format(record), file=sys.stderr, flush=True)
+    sys.exit(2)
 
 # Metrics from every worker are summed through files in one folder.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",

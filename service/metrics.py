@@ -68,6 +68,11 @@ CANARY_PERCENT = Gauge("model_canary_percent",
 POLICY_REJECTED = Gauge("model_policy_rejected",
                         "1 while a model's serving.json cannot be used (the reason is in "
                         "/models and the log), else 0.", ["model"], multiprocess_mode="livemax")
+API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none required).",
+                 multiprocess_mode="liveall")
+API_KEY_RELOADS = Counter("api_key_file_reloads_total",
+                          "Reads of API_KEY_FILE, at start and after each change, by outcome.",
+                          ["outcome"])
 
 
 def version_label(route: "Route") -> str:
@@ -122,6 +127,12 @@ def record_model_state(model: "Model") -> None:
         percent = table.canary.percent if "canary" in table.labels else 0
         CANARY_PERCENT.labels(model.name, mode).set(percent if table.canary.mode == mode else 0)
     POLICY_REJECTED.labels(model.name).set(1 if model.policy_problem else 0)
+
+
+def record_api_keys(ok: bool, key_count: int) -> None:
+    """Note a read of the key file (never a key: only whether it worked and how many)."""
+    API_KEY_RELOADS.labels(outcome="loaded" if ok else "failed").inc()
+    API_KEYS.set(key_count)
 
 
 def render() -> tuple[bytes, str]:

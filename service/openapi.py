@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 PROTOCOL_ERROR_STATUSES = {
     "ProtocolBadRequest": "An inference request that cannot be read: JSON, tensors, datatype, "
                           "shape, binary data, unknown input or output, or an undecodable image.",
-    "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY is configured.",
+    "ProtocolUnauthorized": "Missing or wrong API key; only when API_KEY or API_KEY_FILE "
+                            "is configured.",
     "ProtocolNotFound": "Unknown model, or a version that is not loaded.",
     "ProtocolBadIndexRequest": "The index request is not empty and not a JSON object with a "
                                "boolean \"ready\".",
@@ -25,7 +26,8 @@ PROTOCOL_ERROR_STATUSES = {
 ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
                   "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image).",
-    "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY is configured.",
+    "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY or "
+                    "API_KEY_FILE is configured.",
     "NotFound": "No such route (not_found), model (model_not_found), loaded version "
                 "(version_not_found) or label (label_not_found); the message lists those there "
                 "are.",
@@ -109,7 +111,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
                     "required": False, "schema": {"type": "integer", "minimum": 1}}},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "Authorization: Bearer <API_KEY>"},
+                           "description": "Authorization: Bearer <key>"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
         },
@@ -178,7 +180,7 @@ def _predict(settings, operation_id, summary, path_parameters=()):
 def _security(settings):
     """With an API key configured either scheme is required; without one, none is checked."""
     security = [{"bearer": []}, {"apiKey": []}]
-    return security if settings.api_key else [{}, *security]
+    return security if settings.requires_api_key else [{}, *security]
 
 
 def _ready(operation_id):

@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from tests import support
-from tests.deploy import crd_schemas
+from tests.deploy import crd_schemas, pod_security
 from tests.deploy.manifests import (
     KUBECTL,
     SETTINGS_CONFIG_MAP,
@@ -122,13 +122,24 @@ def test_the_settings_config_map_holds_every_setting_but_the_secret():
         Settings.from_env(settings)
 
 
-def test_the_api_key_comes_from_a_secret():
-    for name, pod, container, _ in settings_containers():
-        env = {entry["name"]: entry for entry in container.get("env", [])}
-        assert "secretKeyRef" in env["API_KEY"]["valueFrom"], f"{name} {pod.where}"
-    production = find(render("overlays/production"), "Deployment", "image-classifier-api")[0]
-    api_key = production["spec"]["template"]["spec"]["containers"][0]["env"][0]
-    assert api_key["valueFrom"]["secretKeyRef"]["optional"] is False
+def test_the_api_keys_come_from_a_secret_file_never_the_environment():
+    for name, pod, container, settings in settings_containers():
+        where = f"{name} {pod.where}"
+        assert "API_KEY" not in {entry["name"] for entry in container.get("env", [])}, where
+        assert "API_KEY" not in settings, where
+        if not settings["API_KEY_FILE"]:
+            assert name == "overlays/dev", f"{where}: only dev may be open"
+            continue
+        folder, file = settings["API_KEY_FILE"].rsplit("/", 1)
+        (mount,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == folder]
+        # The folder, not a subPath: only then does the kubelet bring a changed Secret in.
+        assert mount.get("readOnly") is True and "subPath" not in mount, where
+        (volume,) = [volume for volume in pod.spec["volumes"] if volume["name"] == mount["name"]]
+        secret = volume["secret"]
+        assert secret["secretName"] == "image-classifier-api-key", where
+        assert [item["path"] for item in secret["items"]] == [file], where
+        # Readable by the pod's group, nobody else; and no pod starts without the keys.
+        assert secret["defaultMode"] == 0o440 and secret["optional"] is False, where
 
 
 def test_every_container_has_requests_and_a_memory_limit():
@@ -159,6 +170,37 @@ def test_every_container_runs_locked_down():
             assert security.get("capabilities", {}).get("drop") == ["ALL"], where
             assert not security.get("capabilities", {}).get("add"), where
             assert security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard():
+    for name, pod in rendered_pods():
+        spec = {**pod.spec, "containers": pod.containers, "initContainers": pod.init_containers}
+        assert pod_security.violations(spec) == [], f"{name} {pod.where}"
+    namespaces = [item for name in TOP_LEVEL for item in find(render(name), "Namespace")]
+    assert namespaces
+    for namespace in namespaces:
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", namespace
+
+
+def test_the_pod_security_check_finds_every_kind_of_breach():
+    # The check above can fail: a pod that breaks each rule is caught on each.
+    container = {"name": "bad", "ports": [{"containerPort": 80, "hostPort": 80}],
+                 "securityContext": {"privileged": True, "procMount": "Unmasked",
+                                     "capabilities": {"add": ["SYS_ADMIN"]},
+                                     "seLinuxOptions": {"type": "spc_t"}}}
+    spec = {"hostNetwork": True, "hostPID": True, "containers": [container],
+            "securityContext": {"runAsUser": 0, "seccompProfile": {"type": "Unconfined"},
+                                "sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+            "volumes": [{"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}}]}
+    found = " | ".join(pod_security.violations(
+        spec, {"container.apparmor.security.beta.kubernetes.io/bad": "unconfined"}))
+    for rule in ("host namespaces: hostNetwork", "host namespaces: hostPID", "AppArmor",
+                 "privileged containers", "host ports", "/proc mount type", "SELinux",
+                 "sysctls", "capabilities (baseline)", "HostPath volumes", "volume types",
+                 "privilege escalation", "running as non-root: bad",
+                 "running as non-root user", "seccomp", "capabilities: bad does not drop ALL"):
+        assert rule in found, rule
 
 
 def test_every_image_is_one_the_dockerfile_builds_by_the_project_version():
@@ -320,7 +362,9 @@ def test_dev_ships_the_model_in_an_image_with_no_volume():
     assert not find(objects, "PersistentVolumeClaim")
     spec = find(objects, "Deployment")[0]["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
-    assert all(set(volume) == {"name", "emptyDir"} for volume in volumes.values()), volumes
+    # No storage: empty folders, and the (optional) Secret of API keys.
+    assert all(set(volume) in ({"name", "emptyDir"}, {"name", "secret"})
+               for volume in volumes.values()), volumes
     (init,) = spec["initContainers"]
     api = spec["containers"][0]
     target = settings_of(objects, api)["MODEL_DIR"]

@@ -43,6 +43,8 @@ BUILD_SECONDS = 1500
 # come within this long after the startup probe passed.
 READY_SECONDS = 60
 LOG_TAIL = 4000
+# What the Secret image-classifier-api-key holds in these tests.
+API_KEY = uuid.uuid4().hex
 BINARY_UNITS = {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3}
 DECIMAL_UNITS = {"k": 1000, "M": 1000 ** 2, "G": 1000 ** 3}
 
@@ -113,13 +115,15 @@ def container_command(container):
     return container.get("command", [])[1:] + container.get("args", [])
 
 
-def volume_sources(pod, folder, claims):
+def volume_sources(pod, folder, claims, secrets=None):
     """A stand-in for each of the pod's volumes: {volume name: `--mount` source}.
 
     A memory emptyDir is a tmpfs of its size (Docker cannot share one between containers,
     so only one container may mount it); any other emptyDir is a world-writable folder
     under `folder`, as the kubelet makes one on the node's disk; a claim is a bind mount
-    of the host folder `claims` gives for its name.
+    of the host folder `claims` gives for its name; a Secret is a folder of its entries
+    from `secrets` ({name: {key: value}}), in the mode it asks for and owned by the pod's
+    fsGroup, as the kubelet writes one.
     """
     mounts = [mount["name"] for container in pod["containers"] + pod.get("initContainers", [])
               for mount in container.get("volumeMounts", [])]
@@ -136,11 +140,35 @@ def volume_sources(pod, folder, claims):
             path.mkdir()
             path.chmod(0o1777)
             sources[volume["name"]] = f"type=bind,src={path}"
+        elif "secret" in volume:
+            sources[volume["name"]] = secret_folder(pod, volume["secret"], folder / volume["name"],
+                                                    (secrets or {}).get(
+                                                        volume["secret"]["secretName"]))
         else:
             assert "persistentVolumeClaim" in volume, f"volume {volume['name']}: no translation"
             sources[volume["name"]] = (
                 f"type=bind,src={claims[volume['persistentVolumeClaim']['claimName']]}")
     return sources
+
+
+def secret_folder(pod, secret, path, data):
+    """The folder the kubelet would mount for `secret`: its items, or empty if it is optional
+    and missing."""
+    path.mkdir()
+    if data is None:
+        assert secret.get("optional"), f"Secret {secret['secretName']} is required"
+    else:
+        group = pod.get("securityContext", {}).get("fsGroup", 0)
+        items = secret.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            file = path / item["path"]
+            file.write_text(data[item["key"]])
+            if os.geteuid() == 0:
+                os.chown(file, 0, group)
+                file.chmod(secret.get("defaultMode", 0o644))
+            else:  # a runner that cannot hand the file to the group opens it to all
+                file.chmod(0o444)
+    return f"type=bind,src={path}"
 
 
 def built_image(image):
@@ -229,14 +257,14 @@ def running_pod(request, tmp_path_factory):
     objects, pod, api = api_pod(request.param)
     settings = settings_of(objects, api)
     config_maps = config_map_data(objects)
-    secrets = {"image-classifier-api-key": {"API_KEY": uuid.uuid4().hex}}
+    secrets = {"image-classifier-api-key": {"API_KEY": f"# the pod's key\n{API_KEY}\n"}}
     name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
     host_port = support.free_port()
     (container_port,) = [entry["containerPort"] for entry in api["ports"]]
     docker("network", "create", name)
     try:
         volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"),
-                                 {"image-classifier-models": support.ROOT / "models"})
+                                 {"image-classifier-models": support.ROOT / "models"}, secrets)
         for init in pod["initContainers"]:
             docker("run", "--rm", "--name", f"{name}-{init['name']}", "--network", name,
                    *container_arguments(pod, init, volumes, config_maps, secrets),
@@ -291,6 +319,22 @@ def test_the_container_is_not_restarted_or_killed(running_pod):
     state = docker("inspect", "--format", "{{.State.Status}} {{.State.OOMKilled}} "
                    "{{.RestartCount}}", name)
     assert state == "running false 0", f"{state}{logs(name)}"
+
+
+def test_predictions_need_the_secret_s_key_where_the_settings_name_a_key_file(running_pod):
+    name, kubelet, settings = running_pod
+    kubelet.first_success("readinessProbe", READY_SECONDS)
+    path = "/v2/models/cifar10/infer" if kubelet.container["readinessProbe"]["httpGet"][
+        "path"].startswith("/v2/") else "/predict"
+    for key, expected in ((None, 401), ("wrong-key-0123456789", 401), (API_KEY, 400)):
+        headers = {"X-API-Key": key} if key else {}
+        # An empty JSON body: refused as unreadable (400) once the key is accepted.
+        response = kubelet.http.post(kubelet.base_url + path, json={}, headers=headers,
+                                     timeout=10)
+        if not settings["API_KEY_FILE"]:
+            assert response.status_code == 400, f"{response.text}{logs(name)}"
+        else:
+            assert response.status_code == expected, f"{key}: {response.text}{logs(name)}"
 
 
 def writable_by(folder, uid, gid):

@@ -35,6 +35,10 @@ IMAGE_USER = (1000, 1000)
 READY_SECONDS = 60
 BUILD_SECONDS = 1500
 LOG_TAIL = 4000
+# Settings of the runner's own that must not reach a test project: it sets them itself.
+OWN_SETTINGS = ("API_KEY", "API_KEY_FILE", "API_KEYS_SECRET_FILE", "COMPOSE_PROJECT_NAME",
+                "COMPOSE_PROFILES", "PROXY_TLS", "TLS_PORT", "TLS_CERT", "TLS_KEY", "PLAIN_HTTP",
+                "HSTS_MAX_AGE", "API_MEMORY_LIMIT", "API_PIDS_LIMIT", "TRAINER_MEMORY_LIMIT")
 
 
 class ComposeProject:
@@ -166,8 +170,7 @@ def running_project(base, dataset=None, **settings):
     assert published_versions(models_dir / MODEL_NAME), (
         f"models/{MODEL_NAME}/ holds no published version, so the api has nothing to serve")
     user = container_user(models_dir, data_dir)
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("API_KEY", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES")}
+    environment = {key: value for key, value in os.environ.items() if key not in OWN_SETTINGS}
     environment.update({
         "MODELS_DIR": str(models_dir),
         "DATA_DIR": str(data_dir),

@@ -33,3 +33,11 @@ def test_each_setting_is_read_from_its_upper_case_variable():
 def test_unusable_values_are_refused_with_the_variable_named(variable, value, words):
     with pytest.raises(SettingsError, match=words):
         Settings.from_env({variable: value})
+
+
+def test_an_api_key_and_a_key_file_together_are_refused():
+    # The environment's key could not be rotated away with the file's keys.
+    with pytest.raises(SettingsError, match="Set API_KEY or API_KEY_FILE, not both"):
+        Settings.from_env({"API_KEY": "s3cret", "API_KEY_FILE": "/run/secrets/api_keys"})
+    assert Settings.from_env({"API_KEY_FILE": "/run/secrets/api_keys"}).requires_api_key
+    assert not Settings.from_env({"API_KEY": " ", "API_KEY_FILE": ""}).requires_api_key

@@ -59,18 +59,30 @@ def test_a_request_waits_for_a_first_model_before_refusing(make_client, monkeypa
     assert time.monotonic() - started >= 0.3
 
 
-def test_an_api_key_guards_predict_only(make_client):
-    client = make_client(api_key="open-sesame")
+@pytest.mark.parametrize("source", ["API_KEY", "API_KEY_FILE"])
+def test_an_api_key_guards_predict_only(make_client, tmp_path, source):
+    key = "open-sesame-0123456789"
+    if source == "API_KEY":
+        client = make_client(api_key=key)
+    else:
+        (tmp_path / "keys").write_text(f"# the page's key\n{key}\n")
+        client = make_client(api_key_file=str(tmp_path / "keys"))
     for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"},
-                    {"Authorization": "open-sesame"}):
-        support.assert_error(post_image(client, headers), 401, "unauthorized")
-    assert post_image(client, {"X-API-Key": "open-sesame"}).status_code == 200
-    assert post_image(client, {"Authorization": "Bearer open-sesame"}).status_code == 200
+                    {"Authorization": key}, {"X-API-Key": key[:-1]}):
+        response = post_image(client, headers)
+        support.assert_error(response, 401, "unauthorized")
+        assert key[:-1] not in response.get_data(as_text=True)
+    assert post_image(client, {"X-API-Key": key}).status_code == 200
+    assert post_image(client, {"Authorization": f"Bearer {key}"}).status_code == 200
     # Either header may carry the key: a stale one in the other header does not hide it.
-    assert post_image(client, {"Authorization": "Bearer open-sesame",
+    assert post_image(client, {"Authorization": f"Bearer {key}",
                                "X-API-Key": "stale"}).status_code == 200
     for path in OPEN_ROUTES:
         assert client.get(path).status_code == 200, path
+    # The page asks for a key, and the OpenAPI document requires one.
+    assert 'id="api-key"' in client.get("/").get_data(as_text=True)
+    assert {} not in client.get("/openapi.json").get_json()["paths"]["/predict"]["post"][
+        "security"]
 
 
 def test_unknown_routes_and_methods_are_json_404_and_405(client):
