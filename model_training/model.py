@@ -44,7 +44,7 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
     if cutout:
         # Cutout (DeVries and Taylor, 2017; airbench96 erases 12 of 32 pixels, 0.375): the
         # network must recognise an object from any of its parts. Off by default: with
-        # twice the epochs it gave no better model on this data (README).
+        # twice the epochs it gave no better model on this data (docs/models.md).
         area = cutout ** 2
         x = layers.RandomErasing(factor=(1.0, 1.0), scale=(area, area), fill_value=0.5,
                                  value_range=(0, 1), name="augment_cutout")(x)

@@ -33,12 +33,12 @@ from service.models import artifact, release
 from service.models.inference import ModelLoadError
 from service.models.policy import SHADOW, SPLIT
 
-# What a run does with its version once published (README, "Releasing a model").
+# What a run does with its version once published (docs/models.md, "The release gate").
 PROMOTE, CANARY, PUBLISH = "promote", "canary", "publish"
 
 # airbench94's budget is 9.9 epochs of 50,000 images; five more make up for the smaller
 # split here (45,000 less validation) and still fit well inside an hour on two cores.
-# Twice as many, with cutout, gave no better model here (README, "The training recipe").
+# Twice as many, with cutout, gave no better model here (docs/models.md, "What each part gave").
 DEFAULT_EPOCHS = 15
 MIN_STEPS = 500
 

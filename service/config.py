@@ -11,7 +11,7 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's settings; the README's table lists the same names and defaults."""
+    """The service's settings; the README's settings tables list the same names and defaults."""
 
     model_dir: str = "models"
     # The model that routes naming none serve (/predict, /model); every model in
@@ -19,9 +19,9 @@ class Settings:
     model_name: str = "cifar10"
     host: str = "0.0.0.0"
     port: int = 8000
-    # Measured on the 2-core machine (README, "Benchmark"): two workers use both cores
-    # (one is held to about one core by the GIL), sixteen threads each, so that 32 clients
-    # each have a thread.
+    # Measured on the 2-core machine (docs/performance.md, "Tried and not adopted"): two
+    # workers use both cores (one is held to about one core by the GIL), sixteen threads
+    # each, so that 32 clients each have a thread.
     workers: int = 2
     threads: int = 16
     max_request_bytes: int = 20 * 1024 * 1024

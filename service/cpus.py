@@ -6,8 +6,8 @@ an even split (`pin_worker`). A worker runs a request's Python on about one core
 with the other worker's. Left to the kernel, both workers' threads ran on both cores: a
 request thread holding its worker's GIL was descheduled for a thread of the other worker,
 and every other request of its worker waited meanwhile. At 32 clients on two cores, pinned
-workers gave a lower p99 in 12 of 13 alternating rounds (README, "Workers on CPUs of their
-own").
+workers gave a lower p99 in 12 of 13 alternating rounds (docs/performance.md, "Changes adopted, side
+by side").
 
 The one exception is a request alone in the whole service (service/worker_activity.py):
 its model call borrows the idle workers' cores, so the interpreters for that call are

@@ -68,7 +68,7 @@ def _plain_jpeg_pixels(data, height, width, channels):
     libjpeg-turbo straight into an array; None for any other picture.
 
     Pillow reads a JPEG's markers in Python: about 100 µs for a 32x32 picture, where this
-    takes 10-20 (README, "Decoding JPEGs"). Pillow decodes with libjpeg-turbo too, so the
+    takes 10-20 (docs/performance.md, "Single steps"). Pillow decodes with libjpeg-turbo too, so the
     pixels are the same, which tests/unit/test_images.py and the decode_image fuzz target
     check; training reads its images here as well.
     """

@@ -49,7 +49,7 @@ def _from_form(request, max_images):
 
     The `multipart` package parses the body rather than werkzeug's form parser (Flask's
     `request.files`), which took 4 times as long for a small image, and 15 times with a
-    new boundary per request, as real clients send (README, "Multipart parsing"). It holds
+    new boundary per request, as real clients send (docs/performance.md, "Single steps"). It holds
     forms to RFC 7578, so a malformed one is refused with its reason where werkzeug read
     no parts from it.
     """

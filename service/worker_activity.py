@@ -5,7 +5,8 @@ Two things per worker:
   its model call at once (service/batcher.py). When every other worker is idle too, that
   call may use their cores as well, and a lone client is answered sooner. When another
   worker is busy, extra threads would only fight it for the cores: two clients, one on
-  each worker, lost nearly half their throughput that way (README, "Benchmark").
+  each worker, lost nearly half their throughput that way (docs/performance.md, "Tried
+  and not adopted").
 - **connections**: how many it holds, or none while it does not accept. A worker takes a
   new connection only while no other accepting worker holds fewer
   (service/gunicorn_worker.py), so kept-alive clients are spread evenly.

@@ -1,4 +1,4 @@
-"""The benchmarks of single steps run on a folder of JPEGs and print the README's tables."""
+"""The benchmarks of single steps run on a folder of JPEGs and print their tables."""
 
 from benchmarks import jpeg_decoding, multipart_parsing
 from tests.support import make_image_folder

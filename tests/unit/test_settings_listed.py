@@ -1,4 +1,4 @@
-"""One list of settings: config.py, the README's table and docker-compose.yml's api agree."""
+"""One list of settings: config.py, the README's settings and docker-compose.yml's api agree."""
 
 import dataclasses
 import re
@@ -32,7 +32,7 @@ TABLE_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([^|]*) \|")
 
 
 def readme_table():
-    """{variable: default as written} from the rows of the README's "Settings" section."""
+    """{variable: default as written} from the table rows of the README's "Settings"."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     return {match[1]: match[2].strip() for match in map(TABLE_ROW.match, section.splitlines())
