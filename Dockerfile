@@ -31,8 +31,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
 
-# The gRPC message code, generated from service/oip_grpc/protos/ by grpcio-tools here, so
-# that neither grpcio-tools nor protoc ends up in the api image (only the generated files).
+# The gRPC interface, compiled from service/oip_grpc/protos/ by grpcio-tools' protoc here,
+# so that neither ends up in the api image: only the compiled descriptors do.
 FROM python:3.11-slim-bookworm AS grpc-code
 RUN python -m venv /opt/codegen
 COPY requirements-codegen.txt /tmp/

@@ -1,18 +1,35 @@
-"""The generated message classes of the Open Inference Protocol's gRPC service.
+"""The message classes of the Open Inference Protocol's gRPC service, in a pool of their own.
 
-`inference` is the module protoc made of open_inference_grpc.proto, `repository` that of
-model_repository.proto (service/oip_grpc/protos/). Importing this module generates them
-first when they are missing or stale (service/oip_grpc/codegen.py).
+Built from the descriptors protoc compiled from service/oip_grpc/protos/
+(service/oip_grpc/codegen.py says why not *_pb2 modules); importing this module compiles
+them first when they are missing or stale. `inference` holds the classes of
+open_inference_grpc.proto (inference.ModelInferRequest, ...), `repository` those of
+model_repository.proto.
 """
+
+from types import SimpleNamespace
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from service.oip_grpc import codegen
 
 codegen.ensure()
 
-from service.oip_grpc.generated import model_repository_pb2 as repository  # noqa: E402
-from service.oip_grpc.generated import open_inference_grpc_pb2 as inference  # noqa: E402
+POOL = descriptor_pool.DescriptorPool()
+for _file in descriptor_pb2.FileDescriptorSet.FromString(codegen.DESCRIPTOR_SET.read_bytes()).file:
+    POOL.Add(_file)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
+
+def _classes(file_name: str) -> SimpleNamespace:
+    """The message classes of one .proto file, by name, and its DESCRIPTOR."""
+    file = POOL.FindFileByName(file_name)
+    return SimpleNamespace(DESCRIPTOR=file, **{
+        name: message_factory.GetMessageClass(descriptor)
+        for name, descriptor in file.message_types_by_name.items()})
+
+
+inference = _classes("open_inference_grpc.proto")
+repository = _classes("model_repository.proto")
+
 SERVICE = inference.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-
-__all__ = ["SERVICE", "SERVICE_NAME", "inference", "repository"]
+SERVICE_NAME = SERVICE.full_name
