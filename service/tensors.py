@@ -29,6 +29,10 @@ READABLE = ("BYTES", "UINT8")
 LENGTH_PREFIX = struct.Struct("<I")
 
 
+# No real tensor has more elements than this, whatever its shape says; numpy could not
+# even make an empty array of a shape beyond it.
+MAX_SHAPE_ELEMENTS = 2**40
+
 # The kind of every error of this module: the request does not follow the protocol.
 INVALID = "invalid_inference_request"
 
@@ -240,6 +244,10 @@ def check_input(datatype, shape, where: str) -> None:
                           "and UINT8 (pixels) inputs only.")
     if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
         raise TensorError(f'{where} needs "shape": a list of non-negative integers.')
+    # numpy refuses such a shape even with a zero in it ("array is too big").
+    if math.prod(size for size in shape if size) > MAX_SHAPE_ELEMENTS:
+        raise TensorError(f"{where} has shape {str(shape)[:100]}: far more elements than any "
+                          "request could hold.")
 
 
 def tensor_from_raw(name: str, datatype: str, shape: list, raw: bytes, where: str) -> Tensor:
