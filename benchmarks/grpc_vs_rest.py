@@ -25,7 +25,14 @@ import time
 
 import numpy as np
 
-from benchmarks.processes import LOOPBACK, OtherLoad, Server, cpu_seconds, machine_idle_share
+from benchmarks.processes import (
+    LOOPBACK,
+    MemoryWatch,
+    OtherLoad,
+    Server,
+    cpu_seconds,
+    machine_idle_share,
+)
 from benchmarks.sample import image_parser, load_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,25 +207,30 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="grpc-vs-rest-") as work_dir:
         server = start_service(args, os.path.join(work_dir, "service.log"))
         try:
-            for round_number in range(1, args.rounds + 1):
-                for concurrency in levels:
-                    order = PROTOCOLS if round_number % 2 else PROTOCOLS[::-1]
-                    pair = {}
-                    for protocol in order:
-                        pair[protocol] = measure(protocol, concurrency, images, args,
-                                                 server.process.pid)
-                        figures = pair[protocol]
-                        print(f"round {round_number}, {concurrency} at once, {protocol}: "
-                              f"{figures['requests_per_second']:.0f} requests/s, p50 "
-                              f"{figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
-                              f"(client CPU {figures['client_cpu']:.0%}, other "
-                              f"{figures['other_cpu']:.0%})", flush=True)
-                    results[round_number, concurrency] = pair
+            with MemoryWatch(server.process.pid) as memory:
+                for round_number in range(1, args.rounds + 1):
+                    for concurrency in levels:
+                        results[round_number, concurrency] = measure_pair(
+                            round_number, concurrency, images, args, server.process.pid)
         finally:
             server.stop()
     print()
     print(format_table(results))
+    print(f"\npeak RSS of all service processes (gunicorn's master, its HTTP and gRPC "
+          f"workers): {memory.peak_bytes / 2**20:.0f} MiB")
     return 0
+
+
+def measure_pair(round_number, concurrency, images, args, server_pid):
+    """Both protocols at one level, in this round's order."""
+    pair = {}
+    for protocol in PROTOCOLS if round_number % 2 else PROTOCOLS[::-1]:
+        pair[protocol] = figures = measure(protocol, concurrency, images, args, server_pid)
+        print(f"round {round_number}, {concurrency} at once, {protocol}: "
+              f"{figures['requests_per_second']:.0f} requests/s, p50 {figures['p50_ms']:.1f} "
+              f"ms, p99 {figures['p99_ms']:.1f} ms (client CPU {figures['client_cpu']:.0%}, "
+              f"other {figures['other_cpu']:.0%})", flush=True)
+    return pair
 
 
 if __name__ == "__main__":
