@@ -137,16 +137,16 @@ class RunningService:
         self.base_url = f"http://127.0.0.1:{self.port}"
         # gRPC is off unless a test asks for it (grpc_workers=N): its port is a free one,
         # never 8001, which another server on this machine (or another test's) may hold.
-        self.grpc_port = free_port()
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
-                       "GRPC_PORT": str(self.grpc_port), "GRPC_WORKERS": "0",
+                       "GRPC_PORT": str(free_port()), "GRPC_WORKERS": "0",
                        "MODEL_DIR": str(models_dir), "MODEL_NAME": model_name,
                        "WORKERS": "1", "THREADS": "8", "MODEL_POLL_SECONDS": "0.5",
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         environment.update({key.upper(): str(value) for key, value in settings.items()})
+        self.grpc_port = int(environment["GRPC_PORT"])
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],

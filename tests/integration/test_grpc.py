@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -459,3 +460,14 @@ def test_base64_is_not_expected_over_grpc(server):
     encoded = base64.b64encode(jpegs(1)[0])
     code, _ = raw_error(server, "ModelInfer", typed_request(images=[encoded]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_grpc_port_that_cannot_be_listened_on_stops_the_service(start_service, models_dir):
+    # Held without SO_REUSEPORT, so gRPC cannot share it: as when gunicorn cannot bind PORT.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        server = start_service(models_dir, wait_ready=False, grpc_workers=1,
+                               grpc_port=holder.getsockname()[1])
+        assert server.process.wait(90) == 3
+    assert "gRPC cannot listen at" in server.log() and "Worker failed to boot" in server.log()
