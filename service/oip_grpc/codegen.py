@@ -17,6 +17,7 @@ grpcio-tools installed.
 import hashlib
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -59,8 +60,6 @@ def generate() -> None:
         raise CodegenError("service/oip_grpc/generated/ is missing or older than "
                            "service/oip_grpc/protos/: install grpcio-tools "
                            "(requirements-codegen.txt) and run python -m service.oip_grpc.codegen")
-    from grpc_tools import protoc
-
     digest = protos_digest()
     GENERATED_DIR.mkdir(exist_ok=True)
     # Made beside the target and moved in, the digest last: a process that reads meanwhile
@@ -68,11 +67,14 @@ def generate() -> None:
     # generating at once write the same bytes.
     with tempfile.TemporaryDirectory(dir=GENERATED_DIR, prefix=".staging-") as staging:
         target = Path(staging) / DESCRIPTOR_SET.name
-        status = protoc.main(["grpc_tools.protoc", f"--proto_path={PROTOS_DIR}",
-                              f"--descriptor_set_out={target}",
-                              *(str(path) for path in proto_files())])
-        if status != 0:
-            raise CodegenError(f"protoc exited with {status}")
+        # In a process of its own: protoc's C++ protobuf aborts a process that has already
+        # loaded another copy of it (TensorFlow's, in the test run).
+        finished = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={PROTOS_DIR}",
+             f"--descriptor_set_out={target}", *(str(path) for path in proto_files())],
+            capture_output=True, text=True, timeout=120)
+        if finished.returncode != 0:
+            raise CodegenError(f"protoc exited with {finished.returncode}: {finished.stderr}")
         (Path(staging) / DIGEST_FILE.name).write_text(digest + "\n", encoding="ascii")
         os.replace(target, DESCRIPTOR_SET)
         os.replace(Path(staging) / DIGEST_FILE.name, DIGEST_FILE)

@@ -10,6 +10,8 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -471,3 +473,14 @@ def test_a_grpc_port_that_cannot_be_listened_on_stops_the_service(start_service,
                                grpc_port=holder.getsockname()[1])
         assert server.process.wait(90) == 3
     assert "gRPC cannot listen at" in server.log() and "Worker failed to boot" in server.log()
+
+
+def test_the_interface_compiles_in_a_process_that_has_loaded_tensorflow():
+    # protoc's own C++ protobuf aborts a process holding TensorFlow's: codegen runs it apart.
+    program = ("import tensorflow, tritonclient.grpc\n"
+               "from service.oip_grpc import codegen\n"
+               "codegen.generate()\nprint(codegen.is_current())\n")
+    finished = subprocess.run([sys.executable, "-c", program], cwd=support.ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip().splitlines()[-1] == "True"
