@@ -34,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=30, help="wrk's request timeout (30 s)")
     parser.add_argument("--proxy-port", type=int, default=18090)
     parser.add_argument("--api-port", type=int, default=18091)
+    parser.add_argument("--grpc-port", type=int, default=18092,
+                        help="the proxy's gRPC port, unused here (18092)")
     parser.add_argument("--project", default="proxy-benchmark", help="compose project name")
     parser.add_argument("--output", default="benchmark-results")
     args = parser.parse_args(argv)
@@ -89,7 +91,9 @@ def main(argv=None):
     base_files = os.environ.get("COMPOSE_FILE", "docker-compose.yml")
     environment = {**os.environ, "COMPOSE_PROJECT_NAME": args.project,
                    "COMPOSE_FILE": f"{base_files}:{OVERRIDE}",
-                   "API_PORT": str(args.proxy_port), "BENCH_API_PORT": str(args.api_port)}
+                   "API_PORT": str(args.proxy_port), "BENCH_API_PORT": str(args.api_port),
+                   # HTTP alone, as before gRPC was served; its port is any free one.
+                   "GRPC_WORKERS": "0", "API_GRPC_PORT": str(args.grpc_port)}
     urls = {"proxy": f"http://127.0.0.1:{args.proxy_port}/predict",
             "direct": f"http://127.0.0.1:{args.api_port}/predict"}
     measurements = []

@@ -3,6 +3,8 @@
 #   requirements-test.lock     requirements.txt + requirements-test.txt  (./run-tests)
 #   requirements.lock          requirements.txt                          (the trainer image)
 #   requirements-serving.lock  requirements-serving.txt                  (the api image)
+#   requirements-codegen.lock  requirements-codegen.txt                  (the image build's
+#                                                                         gRPC code stage)
 # Run it after any change to those three files. Versions already in a lock are kept where
 # the inputs allow; extra options go to `uv pip compile`, for example
 #   scripts/lock-requirements.sh --upgrade-package urllib3    # a newer release of one package

@@ -20,6 +20,8 @@ LOCKS = {
     "requirements-serving.lock": (("requirements-serving.txt",), None),
     "requirements.lock": (("requirements.txt",), "requirements-serving.lock"),
     "requirements-test.lock": (("requirements.txt", "requirements-test.txt"), "requirements.lock"),
+    # grpcio-tools, for the Dockerfile's stage that compiles the gRPC interface.
+    "requirements-codegen.lock": (("requirements-codegen.txt",), "requirements-serving.lock"),
 }
 # Packages whose version in requirements-test.lock may differ from the images', because a
 # test tool cannot use theirs. Each needs its reason; add one only when uv says the test

@@ -43,6 +43,11 @@ class Settings:
     # 1: each worker runs on its own share of the CPUs (service/cpus.py); 0: anywhere.
     pin_workers: int = 1
     log_level: str = "info"
+    # The Open Inference Protocol over gRPC (service/oip_grpc/), on Triton's port, in server
+    # processes of its own that gunicorn runs beside the HTTP workers (each one loads the
+    # models and takes its own share of the CPUs, as an HTTP worker does). 0 turns it off.
+    grpc_port: int = 8001
+    grpc_workers: int = 2
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
@@ -63,14 +68,21 @@ class Settings:
 
     def check(self) -> None:
         """Refuse values that would make the service misbehave rather than start."""
-        at_least_one = ("port", "workers", "threads", "max_request_bytes", "max_image_pixels",
-                        "max_images_per_request", "default_top_k", "batch_max_size")
+        at_least_one = ("port", "grpc_port", "workers", "threads", "max_request_bytes",
+                        "max_image_pixels", "max_images_per_request", "default_top_k",
+                        "batch_max_size")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops"):
+        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops", "grpc_workers"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
+        for name in ("port", "grpc_port"):
+            if getattr(self, name) > 65535:
+                raise SettingsError(f"{name.upper()} must be a port number up to 65535")
+        if self.grpc_workers and self.grpc_port == self.port:
+            raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
+                                "GRPC_WORKERS=0 to turn gRPC off")
         if self.pin_workers not in (0, 1):
             raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
         if self.model_poll_seconds <= 0:

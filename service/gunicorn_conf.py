@@ -12,6 +12,7 @@ from service.api_keys import ApiKeyError, ApiKeys
 from service.config import Settings, SettingsError
 from service.cpus import pin_worker
 from service.json_log import JsonFormatter, StderrRelay, gunicorn_logging
+from service.oip_grpc.worker import GRPC, assign_role
 from service.worker_activity import activity
 
 try:
@@ -35,9 +36,10 @@ bind = f"{settings.host}:{settings.port}"
 # gunicorn's gthread worker, except that a thread answers a connection's back-to-back
 # requests itself while every connection can have a thread, and the workers share the
 # connections evenly; they all accept on the master's one socket, so no reuse_port
-# (service/gunicorn_worker.py).
-worker_class = "service.gunicorn_worker.LingeringThreadWorker"
-workers = settings.workers
+# (service/gunicorn_worker.py). GRPC_WORKERS more workers of the same class serve the
+# Open Inference Protocol over gRPC instead (service/oip_grpc/worker.py).
+worker_class = "service.oip_grpc.worker.ServiceWorker"
+workers = settings.workers + settings.grpc_workers
 threads = settings.threads
 # No preload: each worker loads the model after the fork, so no interpreter or thread
 # pool is ever shared across a fork.
@@ -75,8 +77,9 @@ def on_starting(server):
 
 
 def pre_fork(server, worker):
-    """Give the worker about to be forked a slot of its own: its busy flag and connection
-    count (service/worker_activity.py)."""
+    """Give the worker about to be forked its role (HTTP or gRPC) and a slot of its own: its
+    busy flag and connection count (service/worker_activity.py)."""
+    assign_role(server, worker, settings.workers, settings.grpc_workers)
     worker.activity_slot = activity.take_slot()
 
 
@@ -85,7 +88,9 @@ def post_fork(server, worker):
     imports anything that prints there."""
     if settings.pin_workers:
         try:
-            pin_worker(worker.activity_slot, settings.workers)
+            # Each role splits the CPUs among its own workers.
+            pin_worker(worker.role_index,
+                       settings.grpc_workers if worker.role == GRPC else settings.workers)
         except OSError as error:  # a sandbox may refuse; the worker then runs anywhere
             server.log.warning("worker not pinned to its CPUs: %s", error.strerror)
     stderr_relay.start()

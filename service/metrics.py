@@ -1,5 +1,9 @@
 """Prometheus metrics, correct across gunicorn workers through multiprocess mode.
 
+The request series count HTTP requests and gRPC calls alike (gRPC runs over HTTP/2), with
+`protocol` (http or grpc); a gRPC call's route is its full method name
+(/inference.GRPCInferenceService/ModelInfer) and its status its gRPC status code's name.
+
 Every series about a prediction carries the model's name, the version that answered and
 `version_label`: the label it was chosen by (stable, canary, or another label a request
 named), or `none` when the request named the version itself.
@@ -29,10 +33,11 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 MODEL = ["model", "version", "version_label"]
 
-REQUESTS = Counter("http_requests_total", "HTTP requests answered.",
-                   ["route", "method", "status"])
-LATENCY = Histogram("http_request_duration_seconds", "Time to answer an HTTP request.",
-                    ["route", "status"], buckets=LATENCY_BUCKETS)
+REQUESTS = Counter("http_requests_total", "HTTP requests and gRPC calls answered.",
+                   ["protocol", "route", "method", "status"])
+LATENCY = Histogram("http_request_duration_seconds",
+                    "Time to answer an HTTP request or a gRPC call.",
+                    ["protocol", "route", "status"], buckets=LATENCY_BUCKETS)
 INFERENCE_REQUESTS = Counter("inference_requests_total",
                              "Classification requests answered, by the version that answered.",
                              MODEL)

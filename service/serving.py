@@ -1,23 +1,89 @@
-"""What every route that classifies shares: settings, routing to a version, the API key."""
+"""What every route that classifies shares: settings, routing to a version, the API key.
+
+`Serving` does the work without Flask, so that the gRPC face (service/oip_grpc/) routes,
+decodes and classifies exactly as the HTTP routes do; the functions below it are the
+HTTP routes' view of the same, for the app of the current request.
+"""
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 
 from service import metrics
+from service.api_keys import ApiKeys
+from service.batcher import Batcher
 from service.config import Settings
 from service.errors import ApiError
 from service.images import decode_image
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.routing import Route
+from service.models.shadow import ShadowRunner
 
 # A worker that is still loading its first models holds a request this long rather than
 # refuse it, so a multi-worker service does not answer 503 while its siblings serve.
 FIRST_LOAD_WAIT_SECONDS = 30
 # Requests with the same key land on the same side of a canary split (service/models/routing.py).
 ROUTING_KEY_HEADER = "X-Routing-Key"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One worker's models, batcher and shadow runner, and the settings they run under."""
+
+    settings: Settings
+    repository: ModelRepository
+    batcher: Batcher
+    shadow: ShadowRunner
+    keys: ApiKeys
+
+    def key_is_valid(self, offered: Iterable[str]) -> bool:
+        """Whether a request that offers these keys may classify: none is required, or one
+        of them is valid (service/api_keys.py). The one check of both faces (HTTP here,
+        gRPC in service/oip_grpc/servicer.py); the keys are never repeated back.
+        """
+        return not self.keys.required or self.keys.accepts(offered)
+
+    def route(self, name: str | None = None, version: str | None = None,
+              label: str | None = None, routing_key: str | None = None) -> Route:
+        """The version that answers a request for model `name` (default: MODEL_NAME).
+
+        RoutingError (404 or 503) when the model, version or label is unknown or not ready.
+        """
+        model = self.repository.model(name or self.settings.model_name, FIRST_LOAD_WAIT_SECONDS)
+        return model.route(self.repository.splitter, version, label, routing_key)
+
+    def classify(self, chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
+        """Class probabilities from the chosen version, through the batcher; a shadow gets
+        a copy; the request and its images are counted."""
+        probabilities = self.batcher.submit(chosen.model, images, expectation)
+        if chosen.shadow is not None:
+            self.shadow.offer(chosen, images, probabilities)
+        metrics.count_classified(chosen, probabilities)
+        return probabilities
+
+    def decode_batch(self, encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
+        """Decode encoded images into one uint8 batch in `model`'s input size, under the
+        pixel limit."""
+        height, width, channels = model.input_shape
+        return np.stack([decode_image(data, height, width, channels,
+                                      self.settings.max_image_pixels) for data in encoded])
+
+
+def serving_of(app: Flask) -> Serving:
+    """The Serving that `app` was created with (service/app.py)."""
+    return Serving(app.config["SETTINGS"], app.extensions["model_repository"],
+                   app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"])
+
+
+def offered_keys(authorization: str, api_key: str) -> list[str]:
+    """The API keys a request offers: its X-API-Key, and the token of a Bearer Authorization."""
+    offered = [api_key]
+    if authorization[:7].lower() == "bearer ":
+        offered.append(authorization[7:].strip())
+    return offered
 
 
 def settings() -> Settings:
@@ -32,14 +98,9 @@ def repository() -> ModelRepository:
 
 def route(name: str | None = None, version: str | None = None,
           label: str | None = None) -> Route:
-    """The version that answers this request for model `name` (default: MODEL_NAME).
-
-    RoutingError (404 or 503) when the model, version or label is unknown or not ready.
-    """
-    models = repository()
-    model = models.model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS)
-    return model.route(models.splitter, version, label,
-                       request.headers.get(ROUTING_KEY_HEADER) or None)
+    """The version that answers this request for model `name` (default: MODEL_NAME)."""
+    return serving_of(current_app).route(name, version, label,
+                                         request.headers.get(ROUTING_KEY_HEADER) or None)
 
 
 def stable_version(name: str | None = None) -> ServingModel:
@@ -48,27 +109,18 @@ def stable_version(name: str | None = None) -> ServingModel:
 
 
 def classify(chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
-    """Class probabilities from the chosen version, through the batcher; a shadow gets a copy."""
-    probabilities = current_app.extensions["batcher"].submit(chosen.model, images, expectation)
-    if chosen.shadow is not None:
-        current_app.extensions["shadow"].offer(chosen, images, probabilities)
+    """Class probabilities from the chosen version (Serving.classify), noted for the log."""
+    probabilities = serving_of(current_app).classify(chosen, images, expectation)
     g.route, g.image_count = chosen, len(images)
-    metrics.count_classified(chosen, probabilities)
     return probabilities
 
 
 def check_api_key() -> None:
     """When API_KEY or API_KEY_FILE is set, require a valid key as a Bearer token or an
     X-API-Key header (service/api_keys.py decides which keys are valid)."""
-    keys = current_app.extensions["api_keys"]
-    if not keys.required:
-        return
-    offered = [request.headers.get("X-API-Key", "")]
-    authorization = request.headers.get("Authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        offered.append(authorization[7:].strip())
-    # Either header may carry a valid key. The message never repeats what was sent.
-    if not keys.accepts(offered):
+    offered = offered_keys(request.headers.get("Authorization", ""),
+                           request.headers.get("X-API-Key", ""))
+    if not serving_of(current_app).key_is_valid(offered):
         raise ApiError(401, "unauthorized",
                        "A valid API key is required: send 'Authorization: Bearer <key>' "
                        "or 'X-API-Key: <key>'.")
@@ -76,6 +128,4 @@ def check_api_key() -> None:
 
 def decode_batch(encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
     """Decode encoded images into one uint8 batch in `model`'s input size, under the pixel limit."""
-    height, width, channels = model.input_shape
-    return np.stack([decode_image(data, height, width, channels, settings().max_image_pixels)
-                     for data in encoded])
+    return serving_of(current_app).decode_batch(encoded, model)

@@ -29,6 +29,10 @@ READABLE = ("BYTES", "UINT8")
 LENGTH_PREFIX = struct.Struct("<I")
 
 
+# No real tensor has more elements than this, whatever its shape says; numpy could not
+# even make an empty array of a shape beyond it.
+MAX_SHAPE_ELEMENTS = 2**40
+
 # The kind of every error of this module: the request does not follow the protocol.
 INVALID = "invalid_inference_request"
 
@@ -93,7 +97,7 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> "Infer
     if "id" in request and not isinstance(request_id, str):
         raise TensorError('"id" must be a string.')
     parameters = _parameters(request, "the request")
-    binary_output = _flag(parameters, "binary_data_output", "the request")
+    binary_output = flag(parameters, "binary_data_output", "the request")
     inputs = _list(request, "inputs", required=True)
     if not inputs:
         raise TensorError('"inputs" is empty: send at least one input tensor.')
@@ -105,10 +109,10 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> "Infer
         # Binary Tensor Data Extension: the binary data is exactly the inputs' data, in order.
         raise TensorError(f"{len(binary) - offset} bytes after the JSON header belong to no "
                           "input: the inputs' binary_data_size values must add up to them.")
-    _unique([tensor.name for tensor in parsed], "input")
-    outputs = tuple(_output(item, index, binary_output)
+    check_unique([tensor.name for tensor in parsed], "input")
+    outputs = tuple(requested_output(item, index, binary_output)
                     for index, item in enumerate(_list(request, "outputs", required=False)))
-    _unique([output.name for output in outputs], "output")
+    check_unique([output.name for output in outputs], "output")
     return InferRequest(request_id, tuple(parsed), outputs, binary_output)
 
 
@@ -119,7 +123,7 @@ def encode_infer_response(header: dict,
     for output in outputs:
         entry = {"name": output.name, "datatype": output.datatype, "shape": list(output.shape)}
         if output.binary:
-            raw = _to_binary(output)
+            raw = to_binary(output)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif output.datatype == "BYTES":
@@ -180,7 +184,7 @@ def _parameters(container, where):
     return parameters
 
 
-def _flag(parameters, key, where):
+def flag(parameters: dict, key: str, where: str) -> bool:
     """A boolean parameter, false when absent."""
     value = parameters.get(key, False)
     if not isinstance(value, bool):
@@ -212,34 +216,62 @@ def _input(item, index, binary, offset):
     name = _string(item, "name", where)
     where = f"input {name[:100]!r}"
     datatype = _string(item, "datatype", where)
-    if datatype not in DATATYPES:
-        raise TensorError(f"{where} has an unknown datatype {datatype[:40]!r}; the protocol's "
-                          f"are {', '.join(DATATYPES)}.")
-    if datatype not in READABLE:
-        raise TensorError(f"{where} is {datatype}; this service reads BYTES (encoded images) "
-                          "and UINT8 (pixels) inputs only.")
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
-        raise TensorError(f'{where} needs "shape": a list of non-negative integers.')
+    check_input(datatype, shape, where)
     size = _count(_parameters(item, where), "binary_data_size", where)
-    elements = math.prod(shape)
     if size is not None:
         if offset + size > len(binary):
             raise TensorError(f"{where} announces {size} bytes of binary data, but only "
                               f"{len(binary) - offset} are left in the body.")
-        raw = binary[offset:offset + size]
-        data = (_bytes_from_binary(raw, elements, where) if datatype == "BYTES"
-                else _uint8_from_binary(raw, shape, elements, where))
-        return Tensor(name, datatype, tuple(shape), data), offset + size
+        return tensor_from_raw(name, datatype, shape, binary[offset:offset + size],
+                               where), offset + size
     if "data" not in item:
         raise TensorError(f'{where} has neither "data" nor a binary_data_size parameter.')
     values = _flatten(item["data"], where)
+    if datatype == "BYTES":
+        _check_count(values, shape, where)
+        values = _bytes_from_json(values, where)
+    return tensor_from_values(name, datatype, shape, values, where), offset
+
+
+def check_input(datatype, shape, where: str) -> None:
+    """An input's datatype is one this service reads, and its shape a list of sizes."""
+    if datatype not in DATATYPES:
+        raise TensorError(f"{where} has an unknown datatype {str(datatype)[:40]!r}; the "
+                          f"protocol's are {', '.join(DATATYPES)}.")
+    if datatype not in READABLE:
+        raise TensorError(f"{where} is {datatype}; this service reads BYTES (encoded images) "
+                          "and UINT8 (pixels) inputs only.")
+    if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
+        raise TensorError(f'{where} needs "shape": a list of non-negative integers.')
+    # numpy refuses such a shape even with a zero in it ("array is too big").
+    if math.prod(size for size in shape if size) > MAX_SHAPE_ELEMENTS:
+        raise TensorError(f"{where} has shape {str(shape)[:100]}: far more elements than any "
+                          "request could hold.")
+
+
+def tensor_from_raw(name: str, datatype: str, shape: list, raw: bytes, where: str) -> Tensor:
+    """An input whose data is in the binary form (the Binary Tensor Data Extension's, and
+    the gRPC face's raw_input_contents): BYTES length-prefixed, UINT8 one byte each."""
+    elements = math.prod(shape)
+    data = (_bytes_from_binary(raw, elements, where) if datatype == "BYTES"
+            else _uint8_from_binary(raw, shape, elements, where))
+    return Tensor(name, datatype, tuple(shape), data)
+
+
+def tensor_from_values(name: str, datatype: str, shape: list, values: list, where: str) -> Tensor:
+    """An input whose elements are given one by one: BYTES as bytes, UINT8 as numbers."""
+    _check_count(values, shape, where)
+    data = list(values) if datatype == "BYTES" else _uint8_from_json(values, shape, where)
+    return Tensor(name, datatype, tuple(shape), data)
+
+
+def _check_count(values, shape, where):
+    """As many elements as the shape says."""
+    elements = math.prod(shape)
     if len(values) != elements:
         raise TensorError(f"{where} has {len(values)} elements, but its shape {shape} "
                           f"needs {elements}.")
-    data = (_bytes_from_json(values, where) if datatype == "BYTES"
-            else _uint8_from_json(values, shape, where))
-    return Tensor(name, datatype, tuple(shape), data), offset
 
 
 def _flatten(data, where):
@@ -314,7 +346,7 @@ def _uint8_from_binary(raw, shape, elements, where):
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
-def _output(item, index, binary_output):
+def requested_output(item: dict, index: int, binary_output: bool) -> RequestedOutput:
     """One $request_output: its name, binary_data and classification parameters."""
     where = f"outputs[{index}]"
     if not isinstance(item, dict):
@@ -323,20 +355,20 @@ def _output(item, index, binary_output):
     where = f"output {name[:100]!r}"
     parameters = _parameters(item, where)
     # Binary Tensor Data Extension: "binary_data" on an output overrides "binary_data_output".
-    binary = (_flag(parameters, "binary_data", where) if "binary_data" in parameters
+    binary = (flag(parameters, "binary_data", where) if "binary_data" in parameters
               else binary_output)
     classification = _count(parameters, "classification", where) or 0
     return RequestedOutput(name, binary, classification)
 
 
-def _unique(names, kind):
+def check_unique(names: list, kind: str) -> None:
     """Refuse a tensor named twice."""
     repeated = [name for name, count in collections.Counter(names).items() if count > 1]
     if repeated:
         raise TensorError(f"The {kind} {repeated[0][:100]!r} is given more than once.")
 
 
-def _to_binary(output):
+def to_binary(output: OutputTensor) -> bytes:
     """An output's data in the binary form: little-endian, row-major, BYTES length-prefixed."""
     if output.datatype == "BYTES":
         return encode_bytes_elements(output.data)

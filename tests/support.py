@@ -135,13 +135,18 @@ class RunningService:
     def __init__(self, models_dir, log_path, model_name="shapes", **settings):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        # gRPC is off unless a test asks for it (grpc_workers=N): its port is a free one,
+        # never 8001, which another server on this machine (or another test's) may hold.
         self.log_path = log_path
         environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
+                       "GRPC_PORT": str(free_port()), "GRPC_WORKERS": "0",
                        "MODEL_DIR": str(models_dir), "MODEL_NAME": model_name,
                        "WORKERS": "1", "THREADS": "8", "MODEL_POLL_SECONDS": "0.5",
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         environment.update({key.upper(): str(value) for key, value in settings.items()})
+        self.grpc_port = int(environment["GRPC_PORT"])
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],
@@ -160,6 +165,28 @@ class RunningService:
             return requests.get(self.url("/health/ready"), timeout=2).status_code == 200
 
         poll(ready, timeout, lambda: f"service not ready after {timeout} s:\n{self.log()}")
+        return self
+
+    def wait_grpc_ready(self, workers=1, timeout=90):
+        """Block until `workers` gRPC workers listen and the health service says SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(f"service exited with {self.process.returncode}:\n"
+                                     f"{self.log()}")
+            if self.log().count('"event": "grpc_listening"') < workers:
+                return False
+            with grpc.insecure_channel(self.grpc_target) as channel:
+                try:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2)
+                except grpc.RpcError:
+                    return False
+            return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+        poll(ready, timeout, lambda: f"gRPC not ready after {timeout} s:\n{self.log()}")
         return self
 
     def log(self):

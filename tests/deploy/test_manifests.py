@@ -224,16 +224,36 @@ def test_no_object_in_production_uses_latest():
             assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
 
 
-def test_the_container_listens_where_its_probes_and_port_say():
+def test_the_container_listens_where_its_probes_and_ports_say():
     for name, pod, container, settings in settings_containers():
-        port = int(settings["PORT"])
+        port, grpc_port = int(settings["PORT"]), int(settings["GRPC_PORT"])
         where = f"{name} {pod.where}"
-        assert [entry["containerPort"] for entry in container["ports"]] == [port], where
+        # KServe exposes one port per InferenceService: REST, or gRPC (grpc-v2, named h2c).
+        listening = [entry["containerPort"] for entry in container["ports"]]
+        assert listening in ([port, grpc_port], [port], [grpc_port]), where
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "grpc" in container[probe]:
+                # grpc.health.v1 on GRPC_PORT (a grpc probe takes a number, not a name).
+                assert container[probe]["grpc"]["port"] == grpc_port, f"{where} {probe}"
+                continue
             http = container[probe]["httpGet"]
             assert port_number(container, http["port"]) == port, f"{where} {probe}"
-        assert container["readinessProbe"]["httpGet"]["path"].endswith("/health/ready"), where
+        readiness = container["readinessProbe"]
+        assert "grpc" in readiness or readiness["httpGet"]["path"].endswith("/health/ready"), where
         assert container["livenessProbe"]["httpGet"]["path"].endswith("/health/live"), where
+        assert int(settings.get("GRPC_WORKERS") or Settings().grpc_workers) > 0, where
+
+
+def test_the_deployment_is_ready_by_grpc_health_and_serves_both_ports():
+    for name in ("overlays/dev", "overlays/production"):
+        objects = render(name)
+        container = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["grpc"] == {"port": 8001}
+        service = find(objects, "Service", "image-classifier-api")[0]
+        ports = {entry["name"]: entry for entry in service["spec"]["ports"]}
+        assert set(ports) == {"http", "grpc"}
+        assert port_number(container, ports["grpc"]["targetPort"]) == 8001
+        assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_the_api_reads_its_models_from_a_read_only_mount():
@@ -286,9 +306,11 @@ def test_services_selectors_and_references_meet_the_pods():
         for selector in selected:
             assert selector.items() <= labels.items(), f"{name}: {selector} selects no api pod"
         service = find(objects, "Service", "image-classifier-api")[0]
-        (service_port,) = service["spec"]["ports"]
-        container_port = container["ports"][0]["containerPort"]
-        assert port_number(container, service_port["targetPort"]) == container_port
+        for entry in service["spec"]["ports"]:
+            assert port_number(container, entry["targetPort"]) in [
+                port["containerPort"] for port in container["ports"]]
+        service_port = next(entry for entry in service["spec"]["ports"]
+                            if entry["name"] == "http")
         (rule,) = find(objects, "Ingress")[0]["spec"]["rules"]
         backend = rule["http"]["paths"][0]["backend"]["service"]
         assert backend["name"] == service["metadata"]["name"]
@@ -298,7 +320,8 @@ def test_services_selectors_and_references_meet_the_pods():
         (policy,) = find(objects, "NetworkPolicy")
         (rule,) = policy["spec"]["ingress"]
         assert [port_number(container, entry["port"]) for entry in rule["ports"]] == [
-            container_port], f"{name}: the policy admits other ports"
+            port["containerPort"] for port in container["ports"]], (
+            f"{name}: the policy admits other ports")
         (autoscaler,) = find(objects, "HorizontalPodAutoscaler")
         assert autoscaler["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
         assert autoscaler["spec"]["minReplicas"] == deployment["spec"]["replicas"]
@@ -340,18 +363,28 @@ def test_production_models_live_on_one_volume_the_jobs_and_kserve_share():
     uris = {service["metadata"]["name"]: service["spec"]["predictor"]["model"]["storageUri"]
             for service in find(render("kserve"), "InferenceService")}
     assert uris == {"image-classifier": f"pvc://{claim['metadata']['name']}",
+                    "image-classifier-grpc": f"pvc://{claim['metadata']['name']}",
                     "image-classifier-tf": f"pvc://{claim['metadata']['name']}/{model_name}"}
 
 
 def test_the_kserve_runtime_speaks_the_open_inference_protocol():
     objects = render("kserve")
     (runtime,) = find(objects, "ServingRuntime")
-    assert runtime["spec"]["protocolVersions"] == ["v2"]
-    service = find(objects, "InferenceService", "image-classifier")[0]
-    model = service["spec"]["predictor"]["model"]
-    assert (model["runtime"], model["protocolVersion"]) == (runtime["metadata"]["name"], "v2")
-    assert model["modelFormat"]["name"] in {entry["name"] for entry in
-                                            runtime["spec"]["supportedModelFormats"]}
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
+    for name, protocol in (("image-classifier", "v2"), ("image-classifier-grpc", "grpc-v2")):
+        service = find(objects, "InferenceService", name)[0]
+        model = service["spec"]["predictor"]["model"]
+        assert (model["runtime"], model["protocolVersion"]) == (runtime["metadata"]["name"],
+                                                                protocol)
+        assert model["modelFormat"]["name"] in {entry["name"] for entry in
+                                                runtime["spec"]["supportedModelFormats"]}
+    # Over gRPC, KServe routes to the container port named h2c: the runtime's GRPC_PORT.
+    model = find(objects, "InferenceService", "image-classifier-grpc")[0]["spec"]["predictor"][
+        "model"]
+    settings = settings_of(objects, runtime["spec"]["containers"][0])
+    assert model["ports"] == [{"name": "h2c", "containerPort": int(settings["GRPC_PORT"]),
+                               "protocol": "TCP"}]
+    assert model["readinessProbe"]["grpc"]["port"] == int(settings["GRPC_PORT"])
     container = runtime["spec"]["containers"][0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"].startswith("/v2/health/")

@@ -24,7 +24,7 @@ import requests
 
 from service.models.artifact import POLICY_FILE, published_versions
 from tests import support
-from tests.deploy.manifests import KUBECTL, find, pods, render, settings_of
+from tests.deploy.manifests import KUBECTL, find, pods, port_number, render, settings_of
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -190,21 +190,29 @@ def config_map_data(objects):
 
 
 class Kubelet:
-    """Runs a container's HTTP probes against the container's published port."""
+    """Runs a container's probes (httpGet and grpc) against the container's published ports."""
 
-    def __init__(self, container, host_port):
+    def __init__(self, container, host_ports, http_port):
         self.container = container
-        self.base_url = f"http://127.0.0.1:{host_port}"
+        # {container port: the host port it is published on}
+        self.host_ports = host_ports
+        self.base_url = f"http://127.0.0.1:{host_ports[http_port]}"
         # Only loopback is ever contacted, so proxy settings in the environment must not apply.
         self.http = requests.Session()
         self.http.trust_env = False
 
     def succeeds(self, name):
-        """One run of probe `name`: any status from 200 to 399 within its timeout passes."""
+        """One run of probe `name`: an HTTP status from 200 to 399, or grpc.health.v1's
+        SERVING, within its timeout passes (as the kubelet judges them)."""
         probe = self.container[name]
+        timeout = probe.get("timeoutSeconds", 1)
+        if "grpc" in probe:
+            return grpc_serving(self.host_ports[probe["grpc"]["port"]],
+                                probe["grpc"].get("service", ""), timeout)
+        port = self.host_ports[probe_port(self.container, probe)]
         try:
-            response = self.http.get(self.base_url + probe["httpGet"]["path"],
-                                     timeout=probe.get("timeoutSeconds", 1))
+            response = self.http.get(f"http://127.0.0.1:{port}{probe['httpGet']['path']}",
+                                     timeout=timeout)
         except requests.RequestException:
             return False
         return 200 <= response.status_code < 400
@@ -228,17 +236,18 @@ class Kubelet:
 
 
 # The api pod of each overlay, and KServe's pod for our runtime.
-API_PODS = {"overlays/production": "Deployment/image-classifier-api",
-            "overlays/dev": "Deployment/image-classifier-api",
-            "kserve": "InferenceService/image-classifier"}
+API_PODS = [("overlays/dev", "Deployment/image-classifier-api"),
+            ("overlays/production", "Deployment/image-classifier-api"),
+            ("kserve", "InferenceService/image-classifier"),
+            ("kserve", "InferenceService/image-classifier-grpc")]
 # What KServe's webhook adds for a pvc:// storageUri: the claim, read-only at /mnt/models.
 KSERVE_MODEL_MOUNT = {"name": "kserve-pvc-source", "mountPath": "/mnt/models", "readOnly": True}
 
 
-def api_pod(kustomization):
+def api_pod(kustomization, where):
     """The objects, pod spec and api container of `kustomization`'s api, as a cluster runs them."""
     objects = render(kustomization)
-    (pod,) = [pod for pod in pods(objects) if pod.where == API_PODS[kustomization]]
+    (pod,) = [pod for pod in pods(objects) if pod.where == where]
     spec, (api,) = dict(pod.spec), pod.containers
     spec["initContainers"] = pod.init_containers
     if "model" in spec:
@@ -251,16 +260,24 @@ def api_pod(kustomization):
     return objects, spec, api
 
 
-@pytest.fixture(scope="module", params=sorted(API_PODS))
+@pytest.fixture(scope="module", params=API_PODS,
+                ids=[f"{name}:{where.split('/')[1]}" for name, where in API_PODS])
 def running_pod(request, tmp_path_factory):
     """The api pod of an overlay (or KServe's), started as its spec says; always removed after."""
-    objects, pod, api = api_pod(request.param)
+    objects, pod, api = api_pod(*request.param)
     settings = settings_of(objects, api)
     config_maps = config_map_data(objects)
     secrets = {"image-classifier-api-key": {"API_KEY": f"# the pod's key\n{API_KEY}\n"}}
     name = f"classifier-k8s-test-{uuid.uuid4().hex[:8]}"
-    host_port = support.free_port()
-    (container_port,) = [entry["containerPort"] for entry in api["ports"]]
+    # The kubelet reaches every port of the pod, declared or not (KServe's gRPC pod
+    # declares only h2c, and is probed on HTTP too): each is published here.
+    probed = {probe_port(api, api[probe]) for probe in ("startupProbe", "readinessProbe",
+                                                        "livenessProbe")}
+    host_ports = {port: support.free_port() for port in
+                  {entry["containerPort"] for entry in api["ports"]} | probed
+                  | {int(settings["PORT"])}}
+    published = [option for container_port, host_port in host_ports.items()
+                 for option in ("--publish", f"127.0.0.1:{host_port}:{container_port}")]
     docker("network", "create", name)
     try:
         volumes = volume_sources(pod, tmp_path_factory.mktemp("volumes"),
@@ -270,13 +287,35 @@ def running_pod(request, tmp_path_factory):
                    *container_arguments(pod, init, volumes, config_maps, secrets),
                    built_image(init["image"]), *container_command(init))
         docker("run", "--detach", "--name", name, "--network", name,
-               "--publish", f"127.0.0.1:{host_port}:{container_port}",
+               *published,
                *container_arguments(pod, api, volumes, config_maps, secrets),
                built_image(api["image"]), *container_command(api))
-        yield name, Kubelet(api, host_port), settings
+        yield name, Kubelet(api, host_ports, int(settings["PORT"])), settings
     finally:
         docker("rm", "--force", name, check=False)
         docker("network", "rm", name, check=False)
+
+
+def probe_port(container, probe):
+    """The port number a probe reaches."""
+    if "grpc" in probe:
+        return probe["grpc"]["port"]
+    return port_number(container, probe["httpGet"]["port"])
+
+
+def grpc_serving(port, service, timeout):
+    """Whether grpc.health.v1 on 127.0.0.1:`port` says SERVING for `service`."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}",
+                               options=[("grpc.enable_http_proxy", 0)]) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def logs(name):

@@ -52,6 +52,7 @@ class ComposeProject:
         self.training_folder = training_folder
         self.user = user
         self.base_url = f"http://127.0.0.1:{environment['API_PORT']}"
+        self.grpc_target = f"127.0.0.1:{environment['API_GRPC_PORT']}"
         self.started = None
         # Only loopback is ever contacted, so proxy settings in the environment must not apply.
         self.http = requests.Session()
@@ -176,13 +177,17 @@ def running_project(base, dataset=None, **settings):
         "DATA_DIR": str(data_dir),
         "MODEL_NAME": MODEL_NAME,
         "API_PORT": str(support.free_port()),
+        "API_GRPC_PORT": str(support.free_port()),
         "APP_UID": str(user[0]),
         "APP_GID": str(user[1]),
         **settings,
     })
     training_folder = f"/data/{dataset.name}" if dataset is not None else None
-    project = ComposeProject(f"classifier-test-{uuid.uuid4().hex[:8]}", environment,
-                             models_dir, training_folder, user)
+    name = f"classifier-test-{uuid.uuid4().hex[:8]}"
+    # Images of this project's own tag: another test run on the same engine (another
+    # checkout, building at the same time) can never swap them under this one.
+    environment["IMAGE_TAG"] = name
+    project = ComposeProject(name, environment, models_dir, training_folder, user)
     try:
         project.compose("--profile", "train", "build", "api", "trainer", timeout=BUILD_SECONDS)
         project.compose("up", "--detach", "--no-build", timeout=180)
@@ -191,3 +196,6 @@ def running_project(base, dataset=None, **settings):
     finally:
         project.compose("down", "--volumes", "--remove-orphans", "--timeout", "40",
                         timeout=180, check=False)
+        # Only the tags go; the layers stay cached for the next build.
+        subprocess.run(["docker", "image", "rm", f"image-classifier-api:{name}",
+                        f"image-classifier-trainer:{name}"], capture_output=True, timeout=120)

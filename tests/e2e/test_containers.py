@@ -78,7 +78,7 @@ def test_api_does_not_run_as_root(compose_project):
 def test_the_api_image_is_small_read_only_and_has_no_tensorflow_or_compiler(compose_project):
     compose_project.wait_ready()
     probe = ("import importlib.util, shutil; "
-             "print([name for name in ('tensorflow', 'keras', 'matplotlib') "
+             "print([name for name in ('tensorflow', 'keras', 'matplotlib', 'grpc_tools') "
              "if importlib.util.find_spec(name)], "
              "[tool for tool in ('gcc', 'cc', 'c++', 'clang') if shutil.which(tool)])")
     found = compose_project.compose("exec", "-T", "api", "python", "-c", probe).stdout.strip()

@@ -204,6 +204,26 @@ def test_a_key_is_rotated_by_editing_the_secret(hardened):
     assert accepted(KEY_B)
 
 
+def test_grpc_is_served_over_tls_with_the_same_certificate_and_keys(hardened):
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(hardened.grpc_target, ssl=True,
+                                          root_certificates=str(hardened.cert))
+    assert client.is_server_live()
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([JPEG], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("cifar10", [image])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    result = client.infer("cifar10", [image], headers={"x-api-key": KEY_B})
+    assert result.as_numpy("probabilities").shape == (1, 10)
+    # Plain h2c is not spoken on the TLS port: the key never crosses in the clear.
+    with pytest.raises(InferenceServerException):
+        triton.InferenceServerClient(hardened.grpc_target).is_server_live()
+
+
 def test_no_key_is_in_any_log(hardened):
     https(hardened, "GET", "/model", key=KEY_B)
     https(hardened, "POST", "/predict", key=KEY_A[:-1], data=JPEG,

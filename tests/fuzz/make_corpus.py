@@ -195,6 +195,26 @@ def infer_request_seeds():
     }
 
 
+def grpc_infer_request_seeds():
+    """{file name: 0, then a serialized ModelInferRequest}: what Triton's gRPC client sends
+    (raw contents), typed contents, and the classification extension; and one byte 1 for
+    the built messages (tests/fuzz/targets/grpc_infer_request.py)."""
+    from service.oip_grpc.messages import inference
+
+    png = save(picture("RGB"), "PNG")
+    raw = inference.ModelInferRequest(model_name="colours", id="seed",
+                                      raw_input_contents=[len(png).to_bytes(4, "little") + png])
+    raw.inputs.add(name="image", datatype="BYTES", shape=[1])
+    typed = inference.ModelInferRequest(model_name="colours")
+    typed.inputs.add(name="pixels", datatype="UINT8",
+                     shape=[1, 2, 2, 3]).contents.uint_contents.extend(range(12))
+    typed.outputs.add(name="probabilities").parameters["classification"].int64_param = 2
+    typed.parameters["binary_data_output"].bool_param = True
+    return {"raw-bytes.bin": b"\0" + raw.SerializeToString(),
+            "typed-pixels-classify.bin": b"\0" + typed.SerializeToString(),
+            "built.bin": b"\1" + bytes(range(64))}
+
+
 def policy_seeds():
     """serving.json files: the shapes the release command writes, and a few it refuses."""
     def encoded(document):
@@ -224,7 +244,8 @@ def main():
     for target, seeds in {"decode_image": image_seeds(), "read_uploads": upload_seeds(),
                           "model_repository": metadata_seeds(),
                           "serving_policy": policy_seeds(),
-                          "infer_request": infer_request_seeds()}.items():
+                          "infer_request": infer_request_seeds(),
+                          "grpc_infer_request": grpc_infer_request_seeds()}.items():
         folder = CORPUS_DIR / target
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

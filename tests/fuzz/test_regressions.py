@@ -6,7 +6,7 @@ import shutil
 
 import requests
 
-from tests.fuzz.runner import REGRESSIONS_DIR, target_names
+from tests.fuzz.runner import REGRESSIONS_DIR, judged, target_names
 
 
 def saved_inputs(target):
@@ -57,3 +57,17 @@ def test_versions_with_hostile_metadata_are_skipped_and_the_good_one_served(mode
     skipped = {entry.get("model_version") for entry in entries
                if entry.get("event") == "model_load_failed"}
     assert set(hostile) <= skipped, f"skipped without a logged reason: {hostile}\n{server.log()}"
+
+
+def test_every_input_found_for_a_target_without_a_replay_is_a_client_error_in_process():
+    # The gRPC request target has no HTTP service to replay to: its inputs go through the
+    # target itself, judged as the fuzzer judges them (a client error passes).
+    checked = 0
+    for target in target_names():
+        module = importlib.import_module(f"tests.fuzz.targets.{target}")
+        if getattr(module, "replay", None):
+            continue
+        for path in saved_inputs(target):
+            judged(module.test_one_input)(path.read_bytes())
+            checked += 1
+    assert checked >= 1

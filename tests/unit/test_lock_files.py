@@ -5,8 +5,9 @@ import shutil
 from scripts import lockfiles
 from tests.support import ROOT
 
-FILES = ("requirements.txt", "requirements-serving.txt", "requirements-test.txt",
-         *lockfiles.LOCKS)
+# Every lock, and every requirements file one is made from (those include the rest).
+FILES = (*sorted({name for inputs, _ in lockfiles.LOCKS.values() for name in inputs}),
+         "requirements-serving.txt", "requirements-codegen.txt", *lockfiles.LOCKS)
 
 
 def copy_of_the_requirements(folder):
@@ -28,8 +29,16 @@ def test_a_changed_pin_or_a_new_package_makes_its_locks_out_of_date(tmp_path):
     serving.write_text(serving.read_text().replace("flask==3.1.3", "flask==3.1.2")
                        + "not-a-locked-package==1.0\n")
     problems = lockfiles.problems(folder)
-    # Every lock holds the serving requirements, directly or through -r.
-    for lock in lockfiles.LOCKS:
+    # Every lock that holds the serving requirements, directly or through -r.
+    def holds_serving(name):
+        return (name == "requirements-serving.txt"
+                or "-r requirements-serving.txt" in lockfiles.requirement_lines(ROOT / name))
+
+    serving_locks = [lock for lock, (inputs, _) in lockfiles.LOCKS.items()
+                     if any(holds_serving(name) for name in inputs)]
+    assert set(serving_locks) == {"requirements-serving.lock", "requirements.lock",
+                                  "requirements-test.lock"}
+    for lock in serving_locks:
         assert f"{lock} is out of date with" in " ".join(problems), problems
         assert f"{lock} has flask 3.1.3, its input pins 3.1.2" in problems
         assert f"{lock} has not-a-locked-package None, its input pins 1.0" in problems
@@ -51,7 +60,7 @@ def test_a_requirement_without_a_hash_is_found(tmp_path):
 
 def test_the_images_and_run_tests_install_the_locks_with_their_hashes():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for lock in ("requirements-serving.lock", "requirements.lock"):
+    for lock in ("requirements-serving.lock", "requirements.lock", "requirements-codegen.lock"):
         install = next(command for command in dockerfile.split("RUN ")
                        if f"-r /tmp/{lock}" in command)
         assert "--require-hashes" in install and "--only-binary=:all:" in install, lock

@@ -8,7 +8,8 @@ from tests.support import ROOT
 
 SERVING_MODULES = ("service.app", "service.wsgi", "service.gunicorn_conf",
                    "service.models.repository", "service.models.release",
-                   "service.models.inference", "service.models.artifact")
+                   "service.models.inference", "service.models.artifact",
+                   "service.oip_grpc.server", "service.oip_grpc.worker")
 
 
 def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
@@ -26,3 +27,17 @@ def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
     heavy = [name for name in modules
              if name.split(".")[0] in ("tensorflow", "keras", "matplotlib")]
     assert heavy == []
+
+
+def test_gunicorns_master_does_not_load_grpc(tmp_path):
+    # gRPC's threads must not cross a fork: only a gRPC worker imports it, after the fork.
+    program = ("import json, sys; import service.gunicorn_conf; "
+               "print(json.dumps(sorted(sys.modules)))")
+    finished = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tmp_path),
+                                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
+    assert finished.returncode == 0, finished.stderr
+    modules = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert "service.oip_grpc.worker" in modules
+    assert [name for name in modules if name.split(".")[0] in ("grpc", "grpc_health")] == []

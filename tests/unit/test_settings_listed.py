@@ -17,8 +17,10 @@ NAMES = {field.name.upper(): field.name for field in dataclasses.fields(Settings
 COMPOSE_OWN = {
     # Where the models volume is mounted in the container.
     "MODEL_DIR": "/app/models",
-    # The api listens on a fixed port inside the project network; API_PORT is the proxy's.
+    # The api listens on fixed ports inside the project network; API_PORT and
+    # API_GRPC_PORT are the proxy's.
     "PORT": str(DEFAULTS.port),
+    "GRPC_PORT": str(DEFAULTS.grpc_port),
     # Behind compose's proxy there is exactly one hop to trust; without one, none.
     "TRUSTED_PROXY_HOPS": "${TRUSTED_PROXY_HOPS:-1}",
     # Shared with the trainer, which publishes under this name; the default is the service's.

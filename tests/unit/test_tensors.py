@@ -165,7 +165,11 @@ def test_a_huge_declared_shape_allocates_nothing():
     body, length = binary_request({"inputs": [{"name": "p", "datatype": "UINT8",
                                                "shape": [10**12, 10**12],
                                                "parameters": {"binary_data_size": 1}}]}, b"\0")
-    assert "needs 1000000000000000000000000" in refused(body, length)
+    assert "far more elements than any request could hold" in refused(body, length)
+    # Nor with a zero among the sizes, which numpy could not even make an empty array of.
+    body, length = binary_request({"inputs": [{"name": "p", "datatype": "UINT8",
+                                               "shape": [0, 2**32, 2**32, 2**32], "data": []}]})
+    assert "far more elements than any request could hold" in refused(body, length)
 
 
 def test_an_answer_in_json_has_no_header_length():

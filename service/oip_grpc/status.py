@@ -1,0 +1,47 @@
+"""The edge where errors become gRPC status codes: what service/errors.py is to HTTP.
+
+Below this layer, code raises domain errors that know nothing of gRPC (ImageError,
+UploadError, TensorError, RoutingError); the table here decides the code a client sees for
+each kind. A client's mistake is never UNKNOWN: an error not in the table is a bug, and
+answers INTERNAL (service/oip_grpc/servicer.py logs it).
+"""
+
+import grpc
+
+from service.images import ImageError
+from service.models.routing import RoutingError
+from service.tensors import INVALID, TensorError
+from service.uploads import UploadError
+
+Code = grpc.StatusCode
+
+# Each domain error kind's status code, by the class that raises it.
+DOMAIN_STATUS = {
+    ImageError: {"empty": Code.INVALID_ARGUMENT, "undecodable": Code.INVALID_ARGUMENT,
+                 "unsupported": Code.INVALID_ARGUMENT, "too_large": Code.RESOURCE_EXHAUSTED},
+    # /predict's upload forms; no gRPC request is read through them, listed for completeness.
+    UploadError: {"invalid_json": Code.INVALID_ARGUMENT, "invalid_base64": Code.INVALID_ARGUMENT,
+                  "invalid_multipart": Code.INVALID_ARGUMENT, "no_images": Code.INVALID_ARGUMENT,
+                  "too_many_images": Code.RESOURCE_EXHAUSTED,
+                  "too_many_parts": Code.RESOURCE_EXHAUSTED,
+                  "unsupported_media_type": Code.INVALID_ARGUMENT},
+    TensorError: {INVALID: Code.INVALID_ARGUMENT, "too_many_images": Code.RESOURCE_EXHAUSTED},
+    RoutingError: {"model_not_found": Code.NOT_FOUND, "version_not_found": Code.NOT_FOUND,
+                   "label_not_found": Code.NOT_FOUND, "model_not_ready": Code.UNAVAILABLE},
+}
+
+UNAUTHENTICATED_MESSAGE = ("A valid API key is required: send the metadata "
+                           "'authorization: Bearer <key>' or 'x-api-key: <key>'.")
+INTERNAL_MESSAGE = "The service hit an unexpected error; it has been logged."
+
+
+def is_domain_error(error: BaseException) -> bool:
+    """Whether `error` is a client's mistake the table knows."""
+    return type(error) in DOMAIN_STATUS and error.kind in DOMAIN_STATUS[type(error)]
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for `error`."""
+    if is_domain_error(error):
+        return DOMAIN_STATUS[type(error)][error.kind], str(error)
+    return Code.INTERNAL, INTERNAL_MESSAGE
