@@ -400,8 +400,11 @@ def test_the_release_job_sets_a_canary_under_its_pod_spec(tmp_path):
     shipped = max(published_versions(support.ROOT / "models" / "cifar10"))
 
     def add_candidate(models_dir):
+        # A candidate published beside the shipped stable, as the gate leaves a refused one.
         shutil.copytree(models_dir / "cifar10" / str(shipped),
                         models_dir / "cifar10" / str(shipped + 1))
+        (models_dir / "cifar10" / POLICY_FILE).write_text(
+            json.dumps({"version_labels": {"stable": shipped}}))
 
     objects, pod, models_dir = job_on_models_copy("jobs/release", tmp_path, add_candidate)
     (container,) = pod["containers"]

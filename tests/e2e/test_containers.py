@@ -33,7 +33,7 @@ def compose_project(tmp_path_factory, shapes_dataset):
 def test_api_serves_the_shipped_model_within_a_minute(compose_project):
     shipped = published_versions(compose_project.models_dir / MODEL_NAME)[-1]
     body = compose_project.wait_ready()
-    assert body["model"] == {"name": MODEL_NAME, "version": shipped, "label": "stable"}
+    assert body["model"] == {"name": MODEL_NAME, "version": shipped}
 
 
 def test_docker_reports_the_api_healthy(compose_project):
