@@ -363,8 +363,12 @@ def test_the_container_is_not_restarted_or_killed(running_pod):
 def test_predictions_need_the_secret_s_key_where_the_settings_name_a_key_file(running_pod):
     name, kubelet, settings = running_pod
     kubelet.first_success("readinessProbe", READY_SECONDS)
-    path = "/v2/models/cifar10/infer" if kubelet.container["readinessProbe"]["httpGet"][
-        "path"].startswith("/v2/") else "/predict"
+    # KServe's runtime speaks the Open Inference Protocol, and its HTTP probes say so.
+    probed = [kubelet.container[probe]["httpGet"]["path"]
+              for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+              if "httpGet" in kubelet.container.get(probe, {})]
+    path = ("/v2/models/cifar10/infer" if any(path.startswith("/v2/") for path in probed)
+            else "/predict")
     for key, expected in ((None, 401), ("wrong-key-0123456789", 401), (API_KEY, 400)):
         headers = {"X-API-Key": key} if key else {}
         # An empty JSON body: refused as unreadable (400) once the key is accepted.
