@@ -9,6 +9,11 @@ GRPC_PORT (SO_REUSEPORT: the kernel spreads new connections over them).
 Health (grpc.health.v1, for Kubernetes' grpc probes and load balancers): the service ""
 and inference.GRPCInferenceService are SERVING while the default model serves, as
 /health/ready says, and NOT_SERVING from the moment the server starts to stop.
+
+Stopping (SIGTERM): health turns NOT_SERVING, the port is closed to new connections, the
+calls of the connections already made are still taken for DRAIN_SECONDS
+(service/oip_grpc/listeners.py says why), and then the server stops: it refuses new calls
+(GOAWAY) and gives those in flight the grace period to finish.
 """
 
 import asyncio
@@ -23,6 +28,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import open_inference
 from service.config import Settings
+from service.oip_grpc import listeners
 from service.oip_grpc.messages import SERVICE, SERVICE_NAME, inference, repository
 from service.oip_grpc.servicer import REPOSITORY_INDEX, InferenceServicer
 from service.serving import Serving
@@ -30,6 +36,9 @@ from service.serving import Serving
 log = logging.getLogger("service.oip_grpc")
 
 HEALTH_POLL_SECONDS = 0.5
+# Long enough for the servicer to take up every call already received (nginx writes a call
+# with its connection), short enough not to hold a reload or a stop.
+DRAIN_SECONDS = 1.0
 
 
 class BindError(RuntimeError):
@@ -105,8 +114,16 @@ async def serve(serving: Serving, settings: Settings, stopping: asyncio.Event, g
             await asyncio.wait_for(stopping.wait(), HEALTH_POLL_SECONDS)
         except TimeoutError:
             pass
-    log.info("gRPC stopping: calls in flight get %.0f s", grace,
-             extra={"event": "grpc_stopping"})
     await checker.enter_graceful_shutdown()
+    try:
+        closed = listeners.close_to_new_connections(settings.grpc_port)
+    except OSError as error:  # the port then closes with gRPC's own stop
+        log.warning("gRPC could not close its port before stopping: %s", error,
+                    extra={"event": "grpc_port_not_closed"})
+        closed = 0
+    log.info("gRPC stopping: its port closed to new connections, the calls of those made "
+             "taken for %.1f s more, then calls in flight get %.0f s", DRAIN_SECONDS, grace,
+             extra={"event": "grpc_stopping", "listeners_closed": closed})
+    await asyncio.sleep(DRAIN_SECONDS)
     await server.stop(grace)
     executor.shutdown(wait=False)

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.grpc_replica_stops import RETRY_CHANNEL_ARGS
 from tests import support
 from tests.e2e.compose import MODEL_NAME, running_project, skip_without_compose
 from tests.e2e.test_proxy import Load, healthy_replicas, log_entries, wait_for_entry
@@ -226,10 +227,12 @@ def test_streams_that_send_nothing_or_slowly_do_not_hold_the_server(stack):
 
 
 class GrpcLoad(Load):
-    """test_proxy's load of kept-alive clients, each calling ModelInfer over gRPC instead."""
+    """test_proxy's load of kept-alive clients, each calling ModelInfer over gRPC instead,
+    with the retry policy docs/grpc.md gives users (UNAVAILABLE is sent again)."""
 
     def _client(self, index):
-        client = triton.InferenceServerClient(self.project.grpc_target)
+        client = triton.InferenceServerClient(self.project.grpc_target,
+                                              channel_args=RETRY_CHANNEL_ARGS)
         try:
             sent = 0
             while not self._stop.is_set() and sent < 5000:
@@ -271,8 +274,11 @@ def test_sigterm_to_one_replica_under_load_loses_no_call(stack):
     replicas = healthy_replicas(stack, 2)
     with GrpcLoad(stack, f"grpc-stop-{uuid.uuid4().hex[:8]}") as load:
         time.sleep(3)
-        # SIGTERM: gunicorn's master signals every worker, the gRPC workers stop taking calls
-        # and finish those in flight; `docker stop` waits for it.
+        # SIGTERM: gunicorn's master signals every worker; a gRPC worker closes its port,
+        # takes up the calls already received, then finishes those in flight; `docker stop`
+        # waits for it. A call gRPC's own stop cancelled would come back CANCELLED, which no
+        # retry policy sends again; one nginx had just written to the replica as it closed
+        # its port comes back UNAVAILABLE, and the client's retry policy sends it again.
         stack.docker("stop", replicas[0])
         stopped_at = time.monotonic()
         time.sleep(4)
