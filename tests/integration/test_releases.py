@@ -2,7 +2,6 @@
 and roll back under load, and the training gate."""
 
 import json
-import random
 import shutil
 import threading
 import time
@@ -164,15 +163,12 @@ def test_canary_promote_and_rollback_under_load_lose_no_request(start_service, m
     assert seen == {1, 2}
 
 
-def shuffled_labels(source, target):
-    """A copy of the image folder `source` with every file in a random class folder."""
-    files = sorted(path for path in source.rglob("*") if path.is_file())
-    classes = sorted(folder.name for folder in source.iterdir())
-    chooser = random.Random(3)
-    for index, path in enumerate(files):
-        destination = target / chooser.choice(classes)
-        destination.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, destination / f"{index}{path.suffix}")
+def swapped_labels(source, target):
+    """A copy of the image folder `source` whose class folders are misnamed: each class's
+    images under the next class's name, as when folders are mixed up."""
+    names = sorted(folder.name for folder in source.iterdir())
+    for name, wrong_name in zip(names, names[1:] + names[:1], strict=True):
+        shutil.copytree(source / name, target / wrong_name)
     return target
 
 
@@ -189,9 +185,11 @@ def test_the_gate_refuses_a_worse_model_while_stable_keeps_serving(start_service
                                                                   capsys):
     server = start_service(models_dir)
     assert predict(server)["version"] == 1
-    worse = shuffled_labels(shapes_dataset, tmp_path / "shuffled")
+    worse = swapped_labels(shapes_dataset, tmp_path / "swapped")
     capsys.readouterr()
-    assert run_training(worse, models_dir) == 3
+    # Judged on a trusted test set: the held-out share of a mislabelled folder would carry
+    # the same wrong labels (docs/models.md, "The release gate").
+    assert run_training(worse, models_dir, "--test-dir", str(shapes_dataset)) == 3
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("release gate: version 2 ") and "against stable version 1 " in line
     assert "refused, it is worse than stable by more than the margin" in line
