@@ -44,7 +44,7 @@ class Serving:
         of them is valid (service/api_keys.py). The one check of both faces (HTTP here,
         gRPC in service/oip_grpc/servicer.py); the keys are never repeated back.
         """
-        return not self.keys.required or self.keys.accepts(offered)
+        return self.keys.accepts(offered)
 
     def route(self, name: str | None = None, version: str | None = None,
               label: str | None = None, routing_key: str | None = None) -> Route:
