@@ -34,7 +34,7 @@ RUN python -m pip --python /opt/venv/bin/python install --no-cache-dir --disable
     && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} +
 
-# The gRPC interface, compiled from service/oip_grpc/protos/ by grpcio-tools' protoc here,
+# The gRPC interface, compiled from service/grpc/protos/ by grpcio-tools' protoc here,
 # so that neither ends up in the api image: only the compiled descriptors do.
 FROM python:3.11-slim-bookworm AS grpc-code
 RUN python -m venv --without-pip /opt/codegen
@@ -44,8 +44,8 @@ RUN python -m pip --python /opt/codegen/bin/python install --no-cache-dir \
         -r /tmp/requirements-codegen.lock
 WORKDIR /src
 COPY service/__init__.py service/
-COPY service/oip_grpc/ service/oip_grpc/
-RUN /opt/codegen/bin/python -m service.oip_grpc.codegen
+COPY service/grpc/ service/grpc/
+RUN /opt/codegen/bin/python -m service.grpc.codegen
 
 # What both images share: no build tools, no pip cache, one unprivileged user.
 FROM python:3.11-slim-bookworm AS runtime
@@ -79,7 +79,7 @@ COPY --from=api-packages /opt/venv /opt/venv
 # The source comes last, so a code change rebuilds only this small layer. It stays
 # owned by root: the service can read its code but not change it.
 COPY service/ service/
-COPY --from=grpc-code /src/service/oip_grpc/generated/ service/oip_grpc/generated/
+COPY --from=grpc-code /src/service/grpc/generated/ service/grpc/generated/
 USER app
 # HTTP (gunicorn) and the Open Inference Protocol over gRPC (GRPC_PORT), Triton's ports.
 EXPOSE 8000 8001
@@ -89,8 +89,8 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
 # The same gunicorn settings the tests use; HOST, PORT, WORKERS and the rest come from the
 # environment. gunicorn's master also runs the gRPC server processes (GRPC_WORKERS of them,
-# service/oip_grpc/worker.py), so one command serves both and SIGTERM drains both.
-CMD ["gunicorn", "-c", "service/gunicorn_conf.py"]
+# service/grpc/worker.py), so one command serves both and SIGTERM drains both.
+CMD ["gunicorn", "-c", "service/process/gunicorn_conf.py"]
 
 # The shipped models as an image of their own (target `model`), for Kubernetes pods that
 # run with no models volume: an init container copies /models into the pod's emptyDir

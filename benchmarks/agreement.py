@@ -23,8 +23,8 @@ from model_training import data as datasets
 from model_training import model as _registered_layers  # noqa: F401  (custom layers)
 from model_training.train import parse_args as training_args
 from service.config import Settings
-from service.images import decode_image
 from service.models.artifact import KERAS_FILE
+from service.runtime.images import decode_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                    else newest_version(args.models, args.model_name))
     offline = offline_labels(version_dir, paths, classes)
     log = os.path.join(tempfile.mkdtemp(prefix="agreement-"), "service.log")
-    server = Server("service", [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],
+    server = Server("service", [sys.executable, "-m", "gunicorn",
+                                "-c", "service/process/gunicorn_conf.py"],
                     args.port, {"HOST": "127.0.0.1", "PORT": str(args.port),
                                 "MODEL_DIR": args.models, "MODEL_NAME": args.model_name},
                     log, "/health/ready", cwd=ROOT)

@@ -149,7 +149,7 @@ def start_service(args, log_path):
                    "MODEL_NAME": args.model_name, "TF_CPP_MIN_LOG_LEVEL": "2",
                    **dict(setting.split("=", 1) for setting in args.service_env)}
     server = Server("service", [sys.executable, "-m", "gunicorn", "-c",
-                                "service/gunicorn_conf.py"],
+                                "service/process/gunicorn_conf.py"],
                     args.http_port, environment, log_path, "/v2/health/ready", cwd=ROOT)
     server.wait_ready()
     deadline = time.monotonic() + 60

@@ -12,8 +12,8 @@ import numpy as np
 
 from benchmarks.sample import read_images
 from service.config import Settings
-from service.images import decode_image
 from service.models.inference import ServingModel
+from service.runtime.images import decode_image
 
 
 def measure(model_path, image_paths, batch_size, seconds, threads=0):

@@ -2,7 +2,7 @@
 
 Run from the repository root, e.g.:
     python -m benchmarks.jpeg_decoding --archive ../shared/datasets/cifar10-train.tar.gz
-Each sample JPEG is decoded to the model's input size by service/images.py, which hands a
+Each sample JPEG is decoded to the model's input size by service/runtime/images.py, which hands a
 plain JPEG already at that size to libjpeg-turbo (simplejpeg), and by the same module's
 Pillow path, which every other picture takes. It prints the best of --repeat passes, in µs
 per image, on one thread, how many images took the direct path, and how many decoded to
@@ -13,8 +13,8 @@ import numpy as np
 
 from benchmarks.sample import image_parser, load_sample
 from benchmarks.timing import microseconds_per_item
-from service import images as decoding
 from service.config import Settings
+from service.runtime import images as decoding
 
 MAX_PIXELS = Settings.max_image_pixels  # the service's default MAX_IMAGE_PIXELS
 

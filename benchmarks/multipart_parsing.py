@@ -3,7 +3,7 @@
 Run from the repository root, e.g.:
     python -m benchmarks.multipart_parsing --archive ../shared/datasets/cifar10-train.tar.gz
 Each sample JPEG becomes a one-part form, as curl -F sends it, and each form is read in turn
-by service/uploads.py (the `multipart` package) and by werkzeug's form parser behind Flask's
+by service/http/uploads.py (the `multipart` package) and by werkzeug's form parser behind Flask's
 `request.files` (what the service used before), with the boundary of the benchmark's wrk
 script on every form, then with a new boundary per form, as curl, requests and browsers
 send. It prints the best of --repeat passes, in µs per form, on one thread.
@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request
 
 from benchmarks.sample import image_parser, load_sample
 from benchmarks.timing import microseconds_per_item
-from service.uploads import read_uploads
+from service.http.uploads import read_uploads
 
 WRK_BOUNDARY = "benchmark-boundary-7d1f0c"  # benchmarks/post_images.lua
 
@@ -36,7 +36,7 @@ def as_request(boundary, body):
 
 
 def with_multipart_package(request):
-    """The service's way: service/uploads.py."""
+    """The service's way: service/http/uploads.py."""
     return read_uploads(request, max_images=32)
 
 

@@ -13,9 +13,9 @@ import numpy as np
 from flask import Flask, jsonify, request
 
 from service.config import Settings
-from service.images import decode_image
 from service.models.artifact import KERAS_FILE
 from service.models.inference import ServingModel
+from service.runtime.images import decode_image
 
 TOP_K = 3
 

@@ -122,7 +122,7 @@ def start(models_dir, args, log_path):
     """The service with its default settings on `models_dir`, ready."""
     environment = {"HOST": "127.0.0.1", "PORT": str(args.port), "MODEL_DIR": models_dir,
                    "MODEL_NAME": args.model_name, "MODEL_POLL_SECONDS": "1"}
-    server = Server("service", [".venv/bin/gunicorn", "-c", "service/gunicorn_conf.py"],
+    server = Server("service", [".venv/bin/gunicorn", "-c", "service/process/gunicorn_conf.py"],
                     args.port, environment, log_path, "/health/ready")
     server.wait_ready()
     return server

@@ -229,7 +229,7 @@ def main(argv=None):
             print(f"in-process: {json.dumps(results['in_process'])}", flush=True)
         if "service" in args.only:
             server = Server("service", [sys.executable, "-m", "gunicorn", "-c",
-                                        "service/gunicorn_conf.py"],
+                                        "service/process/gunicorn_conf.py"],
                             args.service_port, environment,
                             os.path.join(args.output, "service.log"), "/health/ready", ROOT)
             results["service"] = measure_server(

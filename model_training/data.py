@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.images import ImageError, decode_image
+from service.runtime.images import ImageError, decode_image
 
 # Training reads pictures of any size, but not decompression bombs.
 MAX_TRAINING_PIXELS = 100_000_000

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from model_training.data import MAX_TRAINING_PIXELS, LabelledImages
-from service.images import decode_image
 from service.models.inference import ModelLoadError, ServingModel
+from service.runtime.images import decode_image
 
 # The exit status of a training run whose new version the gate refused.
 REFUSED = 3

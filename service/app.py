@@ -5,21 +5,21 @@ import functools
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import metrics
 from service.api_keys import ApiKeys
-from service.batcher import Batcher
 from service.config import Settings
-from service.cpus import service_cores
-from service.errors import register_error_handlers
-from service.inference_protocol import blueprint as inference_protocol
-from service.json_log import configure_logging
+from service.http.errors import register_error_handlers
+from service.http.routes import blueprint
+from service.http.security_headers import register_security_headers
+from service.http.v2 import blueprint as inference_protocol
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.shadow import ShadowRunner
-from service.request_log import register_request_logging
-from service.routes import blueprint
-from service.security_headers import register_security_headers
-from service.worker_activity import activity, register_worker_activity
+from service.observability import metrics
+from service.observability.json_log import configure_logging
+from service.observability.request_log import register_request_logging
+from service.process.cpus import service_cores
+from service.process.worker_activity import activity, register_worker_activity
+from service.runtime.batcher import Batcher
 
 
 def create_app(settings: Settings | None = None, start_models: bool = True) -> Flask:

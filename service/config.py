@@ -38,12 +38,12 @@ class Settings:
     model_poll_seconds: float = 5.0
     # One XNNPACK thread per worker, so that the workers' model calls do not fight over
     # the cores. A request alone in the whole service uses every core instead
-    # (service/worker_activity.py).
+    # (service/process/worker_activity.py).
     model_threads: int = 1
-    # 1: each worker runs on its own share of the CPUs (service/cpus.py); 0: anywhere.
+    # 1: each worker runs on its own share of the CPUs (service/process/cpus.py); 0: anywhere.
     pin_workers: int = 1
     log_level: str = "info"
-    # The Open Inference Protocol over gRPC (service/oip_grpc/), on Triton's port, in server
+    # The Open Inference Protocol over gRPC (service/grpc/), on Triton's port, in server
     # processes of its own that gunicorn runs beside the HTTP workers (each one loads the
     # models and takes its own share of the CPUs, as an HTTP worker does). 0 turns it off.
     grpc_port: int = 8001

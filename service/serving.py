@@ -1,6 +1,6 @@
 """What every route that classifies shares: settings, routing to a version, the API key.
 
-`Serving` does the work without Flask, so that the gRPC face (service/oip_grpc/) routes,
+`Serving` does the work without Flask, so that the gRPC face (service/grpc/) routes,
 decodes and classifies exactly as the HTTP routes do; the functions below it are the
 HTTP routes' view of the same, for the app of the current request.
 """
@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Flask, current_app, g, request
 
-from service import metrics
 from service.api_keys import ApiKeys
-from service.batcher import Batcher
 from service.config import Settings
-from service.errors import ApiError
-from service.images import decode_image
+from service.http.errors import ApiError
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.routing import Route
 from service.models.shadow import ShadowRunner
+from service.observability import metrics
+from service.runtime.batcher import Batcher
+from service.runtime.images import decode_image
 
 # A worker that is still loading its first models holds a request this long rather than
 # refuse it, so a multi-worker service does not answer 503 while its siblings serve.
@@ -42,7 +42,7 @@ class Serving:
     def key_is_valid(self, offered: Iterable[str]) -> bool:
         """Whether a request that offers these keys may classify: none is required, or one
         of them is valid (service/api_keys.py). The one check of both faces (HTTP here,
-        gRPC in service/oip_grpc/servicer.py); the keys are never repeated back.
+        gRPC in service/grpc/servicer.py); the keys are never repeated back.
         """
         return self.keys.accepts(offered)
 

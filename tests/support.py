@@ -130,7 +130,7 @@ def free_port():
 
 
 class RunningService:
-    """The service under gunicorn, as `gunicorn -c service/gunicorn_conf.py` starts it."""
+    """The service under gunicorn, as `gunicorn -c service/process/gunicorn_conf.py` starts it."""
 
     def __init__(self, models_dir, log_path, model_name="shapes", **settings):
         self.port = free_port()
@@ -149,7 +149,7 @@ class RunningService:
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn_conf.py"],
+            [sys.executable, "-m", "gunicorn", "-c", "service/process/gunicorn_conf.py"],
             cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
     def url(self, path):

@@ -13,8 +13,8 @@ import threading
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from service.cpus import on_service_cpus, usable_cores
 from service.models.artifact import METADATA_FILE, TFLITE_FILE, missing_files
+from service.process.cpus import on_service_cpus, usable_cores
 
 EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
 # The accuracy figures of metadata.json's "metrics" that GET /model shows.
@@ -112,8 +112,9 @@ class ServingModel:
             cores = usable_cores()
             threads, all_core_threads = threads or cores, all_core_threads or cores
             self._run = LiteRunner(content, warm_batch_size, threads)
-            # For a call made while no other worker needs the cores (service/worker_activity.py):
-            # its XNNPACK threads may run on theirs too (service/cpus.py).
+            # For a call made while no other worker needs the cores
+            # (service/process/worker_activity.py): its XNNPACK threads may run on theirs too
+            # (service/process/cpus.py).
             if all_core_threads == threads:
                 self._run_all_cores = self._run
             else:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service import metrics
+from service.observability import metrics
 
 if TYPE_CHECKING:
     from service.models.inference import ServingModel

@@ -55,13 +55,13 @@ def settings_containers():
 
 
 def gunicorn_graceful_timeout():
-    """graceful_timeout in service/gunicorn_conf.py, read without running the file."""
-    tree = ast.parse((support.ROOT / "service" / "gunicorn_conf.py").read_text())
+    """graceful_timeout in service/process/gunicorn_conf.py, read without running the file."""
+    tree = ast.parse((support.ROOT / "service" / "process" / "gunicorn_conf.py").read_text())
     for node in tree.body:
         if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "graceful_timeout"):
             return ast.literal_eval(node.value)
-    raise AssertionError("service/gunicorn_conf.py sets no graceful_timeout")
+    raise AssertionError("service/process/gunicorn_conf.py sets no graceful_timeout")
 
 
 def nginx_size(value):

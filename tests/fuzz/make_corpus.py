@@ -63,7 +63,7 @@ def image_seeds():
     frames = [picture("P"), picture("RGB").rotate(90).quantize(8)]
     return {
         "rgb.jpg": save(picture("RGB"), "JPEG", quality=80),
-        # At the target's model size: decoded without Pillow (service/images.py).
+        # At the target's model size: decoded without Pillow (service/runtime/images.py).
         "model-size.jpg": save(picture("RGB", (32, 32)), "JPEG", quality=90),
         "model-size-grey.jpg": save(picture("L", (32, 32)), "JPEG", quality=90),
         "grey.jpg": save(picture("L"), "JPEG"),
@@ -199,7 +199,7 @@ def grpc_infer_request_seeds():
     """{file name: 0, then a serialized ModelInferRequest}: what Triton's gRPC client sends
     (raw contents), typed contents, and the classification extension; and one byte 1 for
     the built messages (tests/fuzz/targets/grpc_infer_request.py)."""
-    from service.oip_grpc.messages import inference
+    from service.grpc.messages import inference
 
     png = save(picture("RGB"), "PNG")
     raw = inference.ModelInferRequest(model_name="colours", id="seed",

@@ -37,7 +37,7 @@ def is_client_error(error):
     """True for the errors the service answers with a 4xx status: the only ones allowed out."""
     from werkzeug.exceptions import HTTPException
 
-    from service.errors import DOMAIN_ERRORS, ApiError, as_api_error
+    from service.http.errors import DOMAIN_ERRORS, ApiError, as_api_error
 
     if type(error) in DOMAIN_ERRORS:
         error = as_api_error(error)

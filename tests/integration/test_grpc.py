@@ -32,7 +32,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from service.images import decode_image
+from service.runtime.images import decode_image
 from tests import support
 
 MODEL = "shapes"
@@ -478,7 +478,7 @@ def test_a_grpc_port_that_cannot_be_listened_on_stops_the_service(start_service,
 def test_the_interface_compiles_in_a_process_that_has_loaded_tensorflow():
     # protoc's own C++ protobuf aborts a process holding TensorFlow's: codegen runs it apart.
     program = ("import tensorflow, tritonclient.grpc\n"
-               "from service.oip_grpc import codegen\n"
+               "from service.grpc import codegen\n"
                "codegen.generate()\nprint(codegen.is_current())\n")
     finished = subprocess.run([sys.executable, "-c", program], cwd=support.ROOT,
                               capture_output=True, text=True, timeout=300)

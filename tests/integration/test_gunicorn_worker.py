@@ -10,7 +10,7 @@ import socket
 import time
 import urllib.parse
 
-from service.gunicorn_worker import BALANCE_TRUST_SECONDS, LINGER_SECONDS
+from service.process.gunicorn_worker import BALANCE_TRUST_SECONDS, LINGER_SECONDS
 from tests import support
 
 

@@ -17,7 +17,7 @@ from open_inference.openapi.client import OpenInferenceClient
 from open_inference.openapi.core import ApiError
 from tritonclient.utils import InferenceServerException
 
-from service.images import decode_image
+from service.runtime.images import decode_image
 from tests import support
 
 MODEL = "shapes"

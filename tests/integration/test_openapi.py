@@ -12,7 +12,7 @@ import requests
 from openapi_spec_validator import validate
 
 from service.config import Settings
-from service.openapi import openapi_document
+from service.http.openapi import openapi_document
 from tests import support
 
 # Routes DESIGN.md promises, with their methods; the document must describe exactly these.

@@ -1,4 +1,4 @@
-"""gunicorn's workers each run on their own share of the CPUs (service/cpus.py), as the
+"""gunicorn's workers each run on their own share of the CPUs (service/process/cpus.py), as the
 kernel reports it for every thread in /proc."""
 
 import os

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
+from service.runtime.batcher import Batcher
 
 
 class FakeModel:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from service.cpus import service_cores, usable_cores, worker_share
+from service.process.cpus import service_cores, usable_cores, worker_share
 from tests.support import ROOT
 
 
@@ -78,7 +78,7 @@ def test_no_share_where_no_even_split_exists(cpus, slot, workers):
 
 PINNED_PROCESS = textwrap.dedent("""
     import json, os, threading
-    from service import cpus
+    from service.process import cpus
     before = sorted(os.sched_getaffinity(0))
     cpus.pin_worker(1, 2)
     seen = {}

@@ -4,13 +4,13 @@ import re
 
 import pytest
 
-from service.errors import DOMAIN_ERRORS, as_api_error
+from service.http.errors import DOMAIN_ERRORS, as_api_error
 from tests.support import ROOT
 
 
 def raised_kinds():
     """(error class name, kind) for every domain error the service's code raises."""
-    source = "\n".join(path.read_text() for path in (ROOT / "service").glob("*.py"))
+    source = "\n".join(path.read_text() for path in (ROOT / "service").rglob("*.py"))
     return sorted(set(re.findall(r"raise (ImageError|UploadError)\(\s*\"(\w+)\"", source)))
 
 

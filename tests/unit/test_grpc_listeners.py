@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from service.oip_grpc.listeners import close_to_new_connections
+from service.grpc.listeners import close_to_new_connections
 
 CONNECT_SECONDS = 1
 

@@ -6,14 +6,14 @@ import grpc
 import numpy as np
 import pytest
 
-from service.errors import DOMAIN_ERRORS
-from service.images import ImageError
+from service.grpc import codegen
+from service.grpc.messages import SERVICE, inference
+from service.grpc.status import DOMAIN_STATUS, status_of
+from service.grpc.tensors import parse_message, read_request, write_response
+from service.http.errors import DOMAIN_ERRORS
 from service.models.routing import RoutingError
-from service.oip_grpc import codegen
-from service.oip_grpc.messages import SERVICE, inference
-from service.oip_grpc.status import DOMAIN_STATUS, status_of
-from service.oip_grpc.tensors import parse_message, read_request, write_response
-from service.tensors import OutputTensor, TensorError
+from service.open_inference.tensors import OutputTensor, TensorError
+from service.runtime.images import ImageError
 
 Code = grpc.StatusCode
 

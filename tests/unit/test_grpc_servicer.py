@@ -6,13 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from service.grpc.messages import inference, repository
+from service.grpc.servicer import Call, InferenceServicer, UnauthenticatedError, peer_address
+from service.grpc.worker import GRPC, HTTP, assign_role
 from service.models.routing import RoutingError
-from service.oip_grpc.messages import inference, repository
-from service.oip_grpc.servicer import Call, InferenceServicer, UnauthenticatedError, peer_address
-from service.oip_grpc.worker import GRPC, HTTP, assign_role
-from service.request_log import forwarded_client
+from service.observability.request_log import forwarded_client
+from service.open_inference.tensors import TensorError
 from service.serving import serving_of
-from service.tensors import TensorError
 
 
 @pytest.fixture

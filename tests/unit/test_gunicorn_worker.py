@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.workers.gthread import ThreadWorker
 
-from service.gunicorn_worker import LingeringThreadWorker
+from service.process.gunicorn_worker import LingeringThreadWorker
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import images
-from service.errors import as_api_error
-from service.images import ImageError, decode_image
+from service.http.errors import as_api_error
+from service.runtime import images
+from service.runtime.images import ImageError, decode_image
 from tests.support import ROOT, encode
 
 LIMIT = 40_000_000
@@ -141,7 +141,7 @@ def test_a_decompression_bomb_is_refused_before_decoding():
 # worker does (pytest's own capture of warnings would undo what the import sets).
 THREADED_DECODES = """
 import json, sys, threading, warnings
-from service.images import ImageError, decode_image
+from service.runtime.images import ImageError, decode_image
 
 data = open(sys.argv[1], "rb").read()
 kinds = set()
@@ -197,7 +197,7 @@ def test_tiff_modes_that_pillow_converts_only_one_way_are_decoded(name, channels
     assert decode(data, channels=channels).shape == (8, 8, channels)
 
 
-# JPEGs already at the model's size skip Pillow (service/images.py, _plain_jpeg_pixels);
+# JPEGs already at the model's size skip Pillow (service/runtime/images.py, _plain_jpeg_pixels);
 # their pixels must be exactly those Pillow gives, or serving and training would disagree
 # with the same model run on Pillow's pixels.
 

@@ -4,7 +4,7 @@ import json
 import logging
 import os
 
-from service.json_log import JsonFormatter, StderrRelay
+from service.observability.json_log import JsonFormatter, StderrRelay
 
 NATIVE_OUTPUT = (b"I0000 00:00:1795845535.637150    1341 port.cc:153] oneDNN custom ops are on.\n"
                  b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.security_headers import OTHER_POLICY, PAGE_POLICY
+from service.http.security_headers import OTHER_POLICY, PAGE_POLICY
 from tests import support
 
 

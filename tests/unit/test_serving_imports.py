@@ -6,10 +6,10 @@ import sys
 
 from tests.support import ROOT
 
-SERVING_MODULES = ("service.app", "service.wsgi", "service.gunicorn_conf",
+SERVING_MODULES = ("service.app", "service.wsgi", "service.process.gunicorn_conf",
                    "service.models.repository", "service.models.release",
                    "service.models.inference", "service.models.artifact",
-                   "service.oip_grpc.server", "service.oip_grpc.worker")
+                   "service.grpc.server", "service.grpc.worker")
 
 
 def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
@@ -31,7 +31,7 @@ def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
 
 def test_gunicorns_master_does_not_load_grpc(tmp_path):
     # gRPC's threads must not cross a fork: only a gRPC worker imports it, after the fork.
-    program = ("import json, sys; import service.gunicorn_conf; "
+    program = ("import json, sys; import service.process.gunicorn_conf; "
                "print(json.dumps(sorted(sys.modules)))")
     finished = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
                               text=True, timeout=120,
@@ -39,5 +39,5 @@ def test_gunicorns_master_does_not_load_grpc(tmp_path):
                                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
     assert finished.returncode == 0, finished.stderr
     modules = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert "service.oip_grpc.worker" in modules
+    assert "service.grpc.worker" in modules
     assert [name for name in modules if name.split(".")[0] in ("grpc", "grpc_health")] == []

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.tensors import (
+from service.open_inference.tensors import (
     OutputTensor,
     TensorError,
     encode_bytes_elements,

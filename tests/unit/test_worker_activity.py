@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from service import worker_activity
 from service.app import create_app
 from service.config import Settings
-from service.worker_activity import WorkerActivity
+from service.process import worker_activity
+from service.process.worker_activity import WorkerActivity
 
 
 def test_each_worker_gets_its_own_slot_and_an_exited_one_frees_it():

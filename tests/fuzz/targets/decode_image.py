@@ -4,8 +4,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from service import images
-from service.images import ImageError, decode_image
+from service.runtime import images
+from service.runtime.images import ImageError, decode_image
 
 # Below the service's limit (40 million), so that a few-byte header declaring a huge picture
 # costs milliseconds, not seconds: the fuzzer's time goes to the decoders' branches instead.

@@ -6,7 +6,7 @@ well formed as protobuf but arbitrary as a request (names, datatypes, shapes, ty
 contents that may not match the shape or each other, parameters of any type, outputs), so
 that the checks after parsing are reached far more often than random bytes reach them.
 Then the model's checks run on it as they do before any image is decoded
-(service/open_inference.py), on a stand-in model; decoding has a target of its own.
+(service/open_inference/protocol.py), on a stand-in model; decoding has a target of its own.
 
 No `replay`: the regression replays post to the HTTP service. An input found here, kept in
 tests/fuzz/regressions/grpc_infer_request/, goes through this target in-process instead
@@ -18,11 +18,11 @@ import types
 
 import numpy as np
 
-from service import open_inference
 from service.config import Settings
-from service.oip_grpc.messages import inference
-from service.oip_grpc.tensors import parse_message, read_request
-from service.tensors import DATATYPES
+from service.grpc.messages import inference
+from service.grpc.tensors import parse_message, read_request
+from service.open_inference import protocol
+from service.open_inference.tensors import DATATYPES
 from tests.unit.fakes import ColourModel
 
 MODEL = ColourModel()
@@ -42,11 +42,11 @@ def test_one_input(data):
     else:
         message = build(data[1:])
     parsed = read_request(message)
-    outputs = open_inference.requested_outputs(parsed, MODEL)
-    images = open_inference.batch_images(parsed.inputs, MODEL, SERVING)
+    outputs = protocol.requested_outputs(parsed, MODEL)
+    images = protocol.batch_images(parsed.inputs, MODEL, SERVING)
     probabilities = MODEL.infer(images)
     for requested in outputs:
-        open_inference.output_tensor(requested, MODEL, probabilities)
+        protocol.output_tensor(requested, MODEL, probabilities)
 
 
 def build(data):

@@ -6,7 +6,7 @@ body, so the fuzzer mutates both.
 
 import requests
 
-from service.tensors import parse_infer_request
+from service.open_inference.tensors import parse_infer_request
 
 DICTIONARY = "json.dict"
 

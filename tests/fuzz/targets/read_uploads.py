@@ -9,7 +9,7 @@ import requests
 from flask import request
 
 from service.app import create_app
-from service.uploads import read_uploads
+from service.http.uploads import read_uploads
 
 DICTIONARY = "json.dict"
 

@@ -4,8 +4,8 @@ Each RPC is a plain function of its request message, run on the server's thread 
 event loop only moves bytes): it may wait for a first model load, decode images and wait
 for the batcher, as an HTTP request thread does. Around it, `handle` reads the request
 bytes, gives the call a request id, turns domain errors into status codes
-(service/oip_grpc/status.py), counts the call in the shared metrics and logs it as HTTP
-requests are (service/request_log.py), with protocol "grpc".
+(service/grpc/status.py), counts the call in the shared metrics and logs it as HTTP
+requests are (service/observability/request_log.py), with protocol "grpc".
 """
 
 import asyncio
@@ -18,17 +18,22 @@ from dataclasses import dataclass
 
 import grpc
 
-from service import open_inference
+from service.grpc import tensors
+from service.grpc.messages import SERVICE, SERVICE_NAME, inference, repository
+from service.grpc.status import UNAUTHENTICATED_MESSAGE, status_of
 from service.models.routing import RoutingError
-from service.oip_grpc import tensors
-from service.oip_grpc.messages import SERVICE, SERVICE_NAME, inference, repository
-from service.oip_grpc.status import UNAUTHENTICATED_MESSAGE, status_of
-from service.request_log import forwarded_client, log_request, record_request, request_id
+from service.observability.request_log import (
+    forwarded_client,
+    log_request,
+    record_request,
+    request_id,
+)
+from service.open_inference import protocol
+from service.open_inference.tensors import TensorError
+from service.process.worker_activity import activity
 from service.serving import Serving, offered_keys
-from service.tensors import TensorError
-from service.worker_activity import activity
 
-log = logging.getLogger("service.oip_grpc")
+log = logging.getLogger("service.grpc")
 
 # "Server Metadata": the extensions this face implements (binary tensor data is REST's).
 EXTENSIONS = ["classification", "model_repository"]
@@ -145,12 +150,12 @@ class InferenceServicer:
 
     def server_ready(self, request, call):
         """"Server Ready": the default model (MODEL_NAME) serves."""
-        return inference.ServerReadyResponse(ready=open_inference.server_ready(self.serving))
+        return inference.ServerReadyResponse(ready=protocol.server_ready(self.serving))
 
     def model_ready(self, request, call):
         """"Model Ready": false for a model or version that is not served (as Triton answers)."""
         try:
-            ready = open_inference.model_ready(self.serving, _model_name(request.name),
+            ready = protocol.model_ready(self.serving, _model_name(request.name),
                                                request.version or None)
         except RoutingError:
             ready = False
@@ -158,13 +163,13 @@ class InferenceServicer:
 
     def server_metadata(self, request, call):
         """"Server Metadata": name, version and the extensions implemented."""
-        return inference.ServerMetadataResponse(name=open_inference.SERVER_NAME,
-                                                version=open_inference.SERVER_VERSION,
+        return inference.ServerMetadataResponse(name=protocol.SERVER_NAME,
+                                                version=protocol.SERVER_VERSION,
                                                 extensions=EXTENSIONS)
 
     def model_metadata(self, request, call):
         """"Model Metadata": inputs, outputs and, as a property, the class names."""
-        metadata = open_inference.model_metadata(self.serving, _model_name(request.name),
+        metadata = protocol.model_metadata(self.serving, _model_name(request.name),
                                                  request.version or None)
         tensor = inference.ModelMetadataResponse.TensorMetadata
         return inference.ModelMetadataResponse(
@@ -180,7 +185,7 @@ class InferenceServicer:
         if not self.serving.key_is_valid(offered):
             raise UnauthenticatedError()
         name = _model_name(request.model_name)
-        answer = open_inference.infer(self.serving, name, request.model_version or None,
+        answer = protocol.infer(self.serving, name, request.model_version or None,
                                       call.metadata.get(ROUTING_KEY) or None,
                                       lambda: tensors.read_request(request))
         call.route, call.images = answer.route, answer.image_count
@@ -190,7 +195,7 @@ class InferenceServicer:
         """Triton's Model Repository extension, "Index": every model and version, and why."""
         entry = repository.RepositoryIndexResponse.ModelIndex
         return repository.RepositoryIndexResponse(models=[
-            entry(**item) for item in open_inference.repository_index(self.serving, request.ready)])
+            entry(**item) for item in protocol.repository_index(self.serving, request.ready)])
 
 
 def _model_name(name: str) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     from service.models.inference import ServingModel
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger("service.runtime.batcher")
 
 _Request = collections.namedtuple("_Request", "model images future arrived")
 

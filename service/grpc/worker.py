@@ -1,7 +1,7 @@
 """gRPC server processes as gunicorn workers: gunicorn's master runs them beside HTTP's.
 
 The master forks WORKERS + GRPC_WORKERS workers of one class; before each fork, `assign_role`
-makes it an HTTP worker (service/gunicorn_worker.py, unchanged) or a gRPC one, whichever
+makes it an HTTP worker (service/process/gunicorn_worker.py, unchanged) or a gRPC one, whichever
 role is short among the workers that will remain. A gRPC worker loads the app as an HTTP
 worker does, so it has the same models (the same folder, polled, hot-swapped), batcher and
 metrics, then serves the gRPC face on GRPC_PORT instead of HTTP.
@@ -10,7 +10,7 @@ So gunicorn supervises both alike: a worker that dies is forked again in the sam
 one that stops answering is killed (`notify` is the gRPC worker's heartbeat), and on
 SIGTERM the master signals every worker at once and waits up to graceful_timeout for all
 of them, so HTTP and gRPC drain together (in-flight calls finish, new ones are refused).
-A gRPC worker's CPUs are chosen as an HTTP worker's are (service/cpus.py): the gRPC workers
+A gRPC worker's CPUs are chosen as an HTTP worker's are (service/process/cpus.py): the gRPC workers
 split the CPUs among themselves, so each shares its cores with one HTTP worker at most.
 
 gRPC is imported only in a gRPC worker, after the fork: the master never starts gRPC's
@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from service.gunicorn_worker import LingeringThreadWorker
+from service.process.gunicorn_worker import LingeringThreadWorker
 
 HTTP, GRPC = "http", "grpc"
 # The exit status that makes gunicorn's master stop instead of forking the worker again.
@@ -51,7 +51,7 @@ def assign_role(server, worker, http_workers: int, grpc_workers: int) -> None:
 
 
 class ServiceWorker(LingeringThreadWorker):
-    """An HTTP worker, or in the gRPC role the gRPC server of service/oip_grpc/server.py."""
+    """An HTTP worker, or in the gRPC role the gRPC server of service/grpc/server.py."""
 
     role = HTTP
     role_index = 0
@@ -70,7 +70,7 @@ class ServiceWorker(LingeringThreadWorker):
         if self.role != GRPC:
             super().run()
             return
-        from service.oip_grpc.server import BindError
+        from service.grpc.server import BindError
 
         try:
             asyncio.run(self._serve_grpc())
@@ -81,7 +81,7 @@ class ServiceWorker(LingeringThreadWorker):
             sys.exit(WORKER_BOOT_ERROR)
 
     async def _serve_grpc(self) -> None:
-        from service.oip_grpc import server
+        from service.grpc import server
         from service.serving import serving_of
 
         stopping = asyncio.Event()

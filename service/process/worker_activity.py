@@ -2,14 +2,14 @@
 
 Two things per worker:
 - **busy**: whether it has a request in flight. A request that finds its worker idle runs
-  its model call at once (service/batcher.py). When every other worker is idle too, that
+  its model call at once (service/runtime/batcher.py). When every other worker is idle too, that
   call may use their cores as well, and a lone client is answered sooner. When another
   worker is busy, extra threads would only fight it for the cores: two clients, one on
   each worker, lost nearly half their throughput that way (docs/performance.md, "Tried
   and not adopted").
 - **connections**: how many it holds, or none while it does not accept. A worker takes a
   new connection only while no other accepting worker holds fewer
-  (service/gunicorn_worker.py), so kept-alive clients are spread evenly.
+  (service/process/gunicorn_worker.py), so kept-alive clients are spread evenly.
 
 The master makes the memory when gunicorn reads its config, before any fork, and gives
 each new worker a free slot (`take_slot`, then `release_slot` when it exits). Outside

@@ -1,7 +1,7 @@
 """The message classes of the Open Inference Protocol's gRPC service, in a pool of their own.
 
-Built from the descriptors protoc compiled from service/oip_grpc/protos/
-(service/oip_grpc/codegen.py says why not *_pb2 modules); importing this module compiles
+Built from the descriptors protoc compiled from service/grpc/protos/
+(service/grpc/codegen.py says why not *_pb2 modules); importing this module compiles
 them first when they are missing or stale. `inference` holds the classes of
 open_inference_grpc.proto (inference.ModelInferRequest, ...), `repository` those of
 model_repository.proto.
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from service.oip_grpc import codegen
+from service.grpc import codegen
 
 codegen.ensure()
 

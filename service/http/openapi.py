@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from service.config import Settings
-from service.images import SUPPORTED_FORMATS
+from service.runtime.images import SUPPORTED_FORMATS
 
 if TYPE_CHECKING:
     from service.models.repository import ModelRepository

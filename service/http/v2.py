@@ -3,7 +3,7 @@
 Reference: kserve/open-inference-protocol, specification/protocol/inference_rest.md, with Triton's
 "Binary Tensor Data Extension" and "Classification Extension". What the model takes and gives,
 and every check after a request is read, is shared with the gRPC face
-(service/open_inference.py); this module reads and writes the REST encodings.
+(service/open_inference/protocol.py); this module reads and writes the REST encodings.
 """
 
 import json
@@ -11,14 +11,14 @@ import json
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from service import open_inference
-from service.errors import ApiError
+from service.http.errors import ApiError
+from service.open_inference import protocol
+from service.open_inference.tensors import encode_infer_response, parse_infer_request
 from service.serving import ROUTING_KEY_HEADER, check_api_key, serving_of
-from service.tensors import encode_infer_response, parse_infer_request
 
 blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 
-SERVER_NAME, SERVER_VERSION = open_inference.SERVER_NAME, open_inference.SERVER_VERSION
+SERVER_NAME, SERVER_VERSION = protocol.SERVER_NAME, protocol.SERVER_VERSION
 # "Server Metadata": only the extensions this face implements.
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 
@@ -42,7 +42,7 @@ def server_live() -> ResponseReturnValue:
 @blueprint.get("/health/ready")
 def server_ready() -> ResponseReturnValue:
     """"Server Ready": told by the status code, 200 once the default model serves, else 503."""
-    ready = open_inference.server_ready(serving_of(current_app))
+    ready = protocol.server_ready(serving_of(current_app))
     return jsonify({"ready": ready}), 200 if ready else 503
 
 
@@ -50,7 +50,7 @@ def server_ready() -> ResponseReturnValue:
 @blueprint.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
     """"Model Metadata": inputs and outputs, -1 for the batch dimension."""
-    metadata = open_inference.model_metadata(serving_of(current_app), name, version)
+    metadata = protocol.model_metadata(serving_of(current_app), name, version)
     classes = metadata.pop("classes")
     return jsonify({**metadata, "parameters": {"classes": classes}})
 
@@ -59,7 +59,7 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @blueprint.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> ResponseReturnValue:
     """"Model Ready": 200 when this model (and version) serves, 503 while none is loaded."""
-    if not open_inference.model_ready(serving_of(current_app), name, version):
+    if not protocol.model_ready(serving_of(current_app), name, version):
         return jsonify({"name": name, "ready": False}), 503
     return jsonify({"name": name, "ready": True})
 
@@ -71,7 +71,7 @@ def repository_index() -> Response:
     With {"ready": true} in the body, only the versions that serve.
     """
     ready_only = _index_request().get("ready", False)
-    return jsonify(open_inference.repository_index(serving_of(current_app), ready_only))
+    return jsonify(protocol.repository_index(serving_of(current_app), ready_only))
 
 
 @blueprint.post("/models/<name>/infer")
@@ -79,7 +79,7 @@ def repository_index() -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     """"Inference": classify a BYTES or UINT8 input through the shared batcher."""
     check_api_key()
-    answer = open_inference.infer(
+    answer = protocol.infer(
         serving_of(current_app), name, version, request.headers.get(ROUTING_KEY_HEADER) or None,
         lambda: parse_infer_request(_body(), request.headers.get(HEADER_LENGTH)))
     g.route, g.image_count = answer.route, answer.image_count

@@ -1,9 +1,9 @@
 """The Open Inference Protocol's model of this service, shared by its two faces.
 
-The REST face (service/inference_protocol.py) and the gRPC face (service/oip_grpc/) read
-requests in their own encodings into the tensors of service/tensors.py; everything after
-that is here, once: which inputs and outputs the model has, their checks and limits,
-metadata, readiness, the repository index, and an inference through the shared batcher.
+The REST face (service/http/v2.py) and the gRPC face (service/grpc/) read
+requests in their own encodings into the tensors of service/open_inference/tensors.py;
+everything after that is here, once: which inputs and outputs the model has, their checks
+and limits, metadata, readiness, the repository index, and an inference through the shared batcher.
 So both faces give the same answers, and the same probabilities for the same image.
 
 The model takes one of two inputs: "image", a BYTES tensor [N] of encoded image files,
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.models.routing import Route, RoutingError
+from service.open_inference.tensors import InferRequest, OutputTensor, RequestedOutput, TensorError
 from service.serving import Serving
-from service.tensors import InferRequest, OutputTensor, RequestedOutput, TensorError
 
 SERVER_NAME = "image-classifier-service"
 SERVER_VERSION = "0.1.0"

@@ -1,8 +1,8 @@
-"""A ModelInferRequest read into the shared tensors (service/tensors.py), and the answer written.
+"""A ModelInferRequest read into the shared tensors (open_inference/tensors.py); its answer.
 
 Pure functions of messages, with no server in them, so that unit tests and the fuzz target
 call them directly; a request that cannot be used raises TensorError. What the model then
-makes of the tensors is shared with the REST face (service/open_inference.py).
+makes of the tensors is shared with the REST face (service/open_inference/protocol.py).
 
 Raw and typed data, as the protocol's .proto describes them: an input's elements come in
 `raw_input_contents` (one entry per input, in order; BYTES as 4-byte little-endian lengths
@@ -16,8 +16,8 @@ Triton's clients always do), or with the parameter "binary_data_output" (request
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from service.oip_grpc.messages import inference
-from service.tensors import (
+from service.grpc.messages import inference
+from service.open_inference.tensors import (
     InferRequest,
     OutputTensor,
     TensorError,

@@ -9,7 +9,7 @@ and every other request of its worker waited meanwhile. At 32 clients on two cor
 workers gave a lower p99 in 12 of 13 alternating rounds (docs/performance.md, "Changes adopted, side
 by side").
 
-The one exception is a request alone in the whole service (service/worker_activity.py):
+The one exception is a request alone in the whole service (service/process/worker_activity.py):
 its model call borrows the idle workers' cores, so the interpreters for that call are
 made `on_service_cpus()`, and their XNNPACK threads may run wherever the service may.
 """
@@ -56,7 +56,7 @@ def worker_share(cpus: Set[int], slot: int | None, workers: int) -> set[int] | N
 
     None (run anywhere) for a lone worker, a worker without a slot, or CPUs that do not
     split into equal parts (3 CPUs for 2 workers, say): the connections are shared evenly
-    (service/gunicorn_worker.py), so a worker with a smaller part would answer its clients
+    (service/process/gunicorn_worker.py), so a worker with a smaller part would answer its clients
     later, and there the kernel balances the workers better.
     """
     ordered = sorted(cpus)

@@ -8,10 +8,10 @@ client sees for each.
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from service.images import ImageError
+from service.http.uploads import UploadError
 from service.models.routing import RoutingError
-from service.tensors import INVALID, TensorError
-from service.uploads import UploadError
+from service.open_inference.tensors import INVALID, TensorError
+from service.runtime.images import ImageError
 
 # Each domain error kind's HTTP status and error code.
 DOMAIN_ERRORS = {

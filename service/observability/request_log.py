@@ -1,7 +1,7 @@
-"""Request logging: one JSON line per request (service/json_log.py), with a request id.
+"""Request logging: one JSON line per request (observability/json_log.py), with a request id.
 
 HTTP requests are logged and counted by the hooks below; gRPC calls by
-service/oip_grpc/servicer.py, through the same `record_request` and `log_request`, so both
+service/grpc/servicer.py, through the same `record_request` and `log_request`, so both
 land in the same Prometheus series and log lines, told apart by `protocol`.
 """
 
@@ -12,7 +12,7 @@ import uuid
 
 from flask import Flask, g, request
 
-from service import metrics
+from service.observability import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -3,9 +3,10 @@
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from service import metrics
-from service.errors import ApiError
-from service.openapi import openapi_document
+from service.http.errors import ApiError
+from service.http.openapi import openapi_document
+from service.http.uploads import read_uploads
+from service.observability import metrics
 from service.serving import (
     check_api_key,
     classify,
@@ -15,7 +16,6 @@ from service.serving import (
     settings,
     stable_version,
 )
-from service.uploads import read_uploads
 
 blueprint = Blueprint("api", __name__)
 

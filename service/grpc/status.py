@@ -1,17 +1,17 @@
-"""The edge where errors become gRPC status codes: what service/errors.py is to HTTP.
+"""The edge where errors become gRPC status codes: what service/http/errors.py is to HTTP.
 
 Below this layer, code raises domain errors that know nothing of gRPC (ImageError,
 UploadError, TensorError, RoutingError); the table here decides the code a client sees for
 each kind. A client's mistake is never UNKNOWN: an error not in the table is a bug, and
-answers INTERNAL (service/oip_grpc/servicer.py logs it).
+answers INTERNAL (service/grpc/servicer.py logs it).
 """
 
 import grpc
 
-from service.images import ImageError
+from service.http.uploads import UploadError
 from service.models.routing import RoutingError
-from service.tensors import INVALID, TensorError
-from service.uploads import UploadError
+from service.open_inference.tensors import INVALID, TensorError
+from service.runtime.images import ImageError
 
 Code = grpc.StatusCode
 

@@ -1,4 +1,4 @@
-"""Gunicorn settings: gunicorn -c service/gunicorn_conf.py (the container runs the same)."""
+"""Gunicorn settings: gunicorn -c service/process/gunicorn_conf.py (the container runs the same)."""
 
 import logging
 import os
@@ -10,10 +10,10 @@ from gunicorn.glogging import Logger
 
 from service.api_keys import ApiKeyError, ApiKeys
 from service.config import Settings, SettingsError
-from service.cpus import pin_worker
-from service.json_log import JsonFormatter, StderrRelay, gunicorn_logging
-from service.oip_grpc.worker import GRPC, assign_role
-from service.worker_activity import activity
+from service.grpc.worker import GRPC, assign_role
+from service.observability.json_log import JsonFormatter, StderrRelay, gunicorn_logging
+from service.process.cpus import pin_worker
+from service.process.worker_activity import activity
 
 try:
     settings = Settings.from_env()
@@ -36,9 +36,9 @@ bind = f"{settings.host}:{settings.port}"
 # gunicorn's gthread worker, except that a thread answers a connection's back-to-back
 # requests itself while every connection can have a thread, and the workers share the
 # connections evenly; they all accept on the master's one socket, so no reuse_port
-# (service/gunicorn_worker.py). GRPC_WORKERS more workers of the same class serve the
-# Open Inference Protocol over gRPC instead (service/oip_grpc/worker.py).
-worker_class = "service.oip_grpc.worker.ServiceWorker"
+# (service/process/gunicorn_worker.py). GRPC_WORKERS more workers of the same class serve the
+# Open Inference Protocol over gRPC instead (service/grpc/worker.py).
+worker_class = "service.grpc.worker.ServiceWorker"
 workers = settings.workers + settings.grpc_workers
 threads = settings.threads
 # No preload: each worker loads the model after the fork, so no interpreter or thread
@@ -78,7 +78,7 @@ def on_starting(server):
 
 def pre_fork(server, worker):
     """Give the worker about to be forked its role (HTTP or gRPC) and a slot of its own: its
-    busy flag and connection count (service/worker_activity.py)."""
+    busy flag and connection count (service/process/worker_activity.py)."""
     assign_role(server, worker, settings.workers, settings.grpc_workers)
     worker.activity_slot = activity.take_slot()
 

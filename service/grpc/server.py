@@ -3,7 +3,7 @@
 It runs on grpc.aio: the event loop holds every connection and every call still arriving,
 for next to nothing each, so a client that opens a stream and sends nothing, or sends
 slowly, holds no thread; a call's work runs on a pool of THREADS threads once its whole
-request is in (service/oip_grpc/servicer.py). Several worker processes listen on the one
+request is in (service/grpc/servicer.py). Several worker processes listen on the one
 GRPC_PORT (SO_REUSEPORT: the kernel spreads new connections over them).
 
 Health (grpc.health.v1, for Kubernetes' grpc probes and load balancers): the service ""
@@ -12,7 +12,7 @@ and inference.GRPCInferenceService are SERVING while the default model serves, a
 
 Stopping (SIGTERM): health turns NOT_SERVING, the port is closed to new connections, the
 calls of the connections already made are still taken for DRAIN_SECONDS
-(service/oip_grpc/listeners.py says why), and then the server stops: it refuses new calls
+(service/grpc/listeners.py says why), and then the server stops: it refuses new calls
 (GOAWAY) and gives those in flight the grace period to finish.
 """
 
@@ -26,14 +26,14 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import open_inference
 from service.config import Settings
-from service.oip_grpc import listeners
-from service.oip_grpc.messages import SERVICE, SERVICE_NAME, inference, repository
-from service.oip_grpc.servicer import REPOSITORY_INDEX, InferenceServicer
+from service.grpc import listeners
+from service.grpc.messages import SERVICE, SERVICE_NAME, inference, repository
+from service.grpc.servicer import REPOSITORY_INDEX, InferenceServicer
+from service.open_inference import protocol
 from service.serving import Serving
 
-log = logging.getLogger("service.oip_grpc")
+log = logging.getLogger("service.grpc")
 
 HEALTH_POLL_SECONDS = 0.5
 # Long enough for the servicer to take up every call already received (nginx writes a call
@@ -106,7 +106,7 @@ async def serve(serving: Serving, settings: Settings, stopping: asyncio.Event, g
                                                      "port": settings.grpc_port})
     while not stopping.is_set():
         heartbeat()
-        status = (health_pb2.HealthCheckResponse.SERVING if open_inference.server_ready(serving)
+        status = (health_pb2.HealthCheckResponse.SERVING if protocol.server_ready(serving)
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for service in HEALTH_SERVICES:
             await checker.set(service, status)

@@ -1,7 +1,7 @@
-"""Compile protos/*.proto into generated/: python -m service.oip_grpc.codegen.
+"""Compile protos/*.proto into generated/: python -m service.grpc.codegen.
 
 protoc (from grpcio-tools) writes the files' descriptors, compiled and checked, as one
-FileDescriptorSet (generated/descriptors.binpb); service/oip_grpc/messages.py builds the
+FileDescriptorSet (generated/descriptors.binpb); service/grpc/messages.py builds the
 message classes from it. That is what a *_pb2.py module does at import too, but there into
 protobuf's default pool, where Triton's own client registers messages of the same names
 (package `inference`, from its grpc_service.proto): the two could not live in one process.
@@ -57,9 +57,9 @@ def is_current() -> bool:
 def generate() -> None:
     """Run protoc (from grpcio-tools) on every .proto file into generated/."""
     if importlib.util.find_spec("grpc_tools") is None:
-        raise CodegenError("service/oip_grpc/generated/ is missing or older than "
-                           "service/oip_grpc/protos/: install grpcio-tools "
-                           "(requirements-codegen.txt) and run python -m service.oip_grpc.codegen")
+        raise CodegenError("service/grpc/generated/ is missing or older than "
+                           "service/grpc/protos/: install grpcio-tools "
+                           "(requirements-codegen.txt) and run python -m service.grpc.codegen")
     digest = protos_digest()
     GENERATED_DIR.mkdir(exist_ok=True)
     # Made beside the target and moved in, the digest last: a process that reads meanwhile

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.uploads import decode_base64
+from service.http.uploads import decode_base64
 
 # "Tensor Data Types": every type of the protocol, with its size in bytes (BYTES varies).
 DATATYPES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,

@@ -14,7 +14,7 @@ stock one, which shares its threads fairly.
 
 The workers also share the connections evenly. They all accept on the one socket the
 master opened, and a worker accepts a new connection only while no other accepting
-worker holds fewer (the counts are in service/worker_activity.py). Left to whichever
+worker holds fewer (the counts are in service/process/worker_activity.py). Left to whichever
 worker wakes first, 32 kept-alive clients split 30/2; with a socket per worker
 (SO_REUSEPORT), the kernel's hash of the addresses split them anywhere from 16/16 to
 22/10, and the clients of the fuller worker waited longer. A fuller worker still wakes
@@ -37,7 +37,7 @@ import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
-from service.worker_activity import activity
+from service.process.worker_activity import activity
 
 # Long enough for a client that sends its next request as soon as it has the answer;
 # short enough that a thread lingering for a quiet client is soon free for others.

@@ -1,0 +1,1 @@
+"""The process model: gunicorn settings and worker, CPU pinning, the workers' shared activity."""

@@ -1,0 +1,1 @@
+"""The inference runtime: image decoding and the batcher that feeds each model version."""
