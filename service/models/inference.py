@@ -20,6 +20,13 @@ EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
 # The accuracy figures of metadata.json's "metrics" that GET /model shows.
 CLIENT_METRICS = ("test_accuracy", "test_accuracy_single_view", "test_accuracy_flip_averaged",
                   "test_images", "per_class_accuracy")
+# The largest batch an interpreter runs in one invoke: a batcher's call of up to
+# BATCH_MAX_SIZE images runs as invokes of at most this many. XNNPACK is as fast per image
+# at 8 as at 32 on these CNNs, and the arena of 8 holds a quarter of 32's (docs/performance.md).
+INTERPRETER_MAX_BATCH = 8
+# A lone one-image request may run on every core: the common case, for a second interpreter
+# of about 2.4 MiB (its own packed weights and an arena for one image), not one for 8.
+ALL_CORES_MAX_BATCH = 1
 
 
 class ModelLoadError(Exception):
@@ -29,50 +36,45 @@ class ModelLoadError(Exception):
 class LiteRunner:
     """A converted model run by XNNPACK, for every batch size up to `max_batch_size`.
 
-    XNNPACK is as fast per image at every batch size on this kind of small CNN, so a
-    batch runs as a few calls of power-of-two sizes, each on an interpreter already
-    sized for it, rather than padded. Interpreters are not thread-safe: calls take turns.
+    One interpreter, its input resized to each call's batch: XNNPACK reshapes without
+    packing the weights again (about 5 µs), so a batch runs at its own size, never padded.
+    It is allocated and warmed at `max_batch_size` at once, so that what the version
+    holds is known when it loads (its arena only grows) and no request pays for it.
+    Interpreters are not thread-safe: calls take turns.
     """
 
     def __init__(self, model_content: bytes, max_batch_size: int = 1, threads: int = 0):
-        threads = threads or usable_cores()
-        self.sizes = [1 << power for power in range(max(1, max_batch_size).bit_length())]
-        self._interpreters = {size: _Interpreter(model_content, size, threads)
-                              for size in self.sizes}
-        first = self._interpreters[1]
-        self.input_shape, self.input_dtype = first.input_shape[1:], first.input_dtype
-        self.output_shape = first.output_shape[1:]
+        self.max_batch_size = max(1, max_batch_size)
+        self._interpreter = Interpreter(model_content=model_content,
+                                        num_threads=threads or usable_cores())
+        details = self._interpreter.get_input_details()[0]
+        self._input, self.input_dtype = details["index"], details["dtype"]
+        self.input_shape = tuple(int(side) for side in details["shape"][1:])
+        self._output = self._interpreter.get_output_details()[0]["index"]
         self._lock = threading.Lock()
+        self._batch_size = 0
+        self._resize(self.max_batch_size)
+        self.output_shape = tuple(self._run(np.zeros((self.max_batch_size,) + self.input_shape,
+                                                     self.input_dtype)).shape[1:])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch of any size."""
         probabilities = np.empty((len(images),) + self.output_shape, np.float32)
         with self._lock:
-            start = 0
-            while start < len(images):
-                size = next(size for size in reversed(self.sizes) if size <= len(images) - start)
-                probabilities[start:start + size] = self._interpreters[size].run(
-                    images[start:start + size])
-                start += size
+            for start in range(0, len(images), self.max_batch_size):
+                batch = images[start:start + self.max_batch_size]
+                if len(batch) != self._batch_size:
+                    self._resize(len(batch))
+                probabilities[start:start + len(batch)] = self._run(batch)
         return probabilities
 
-
-class _Interpreter:
-    """One LiteRT interpreter, with its input fixed to `batch_size` images and warmed."""
-
-    def __init__(self, model_content, batch_size, threads):
-        self._interpreter = Interpreter(model_content=model_content, num_threads=threads)
-        details = self._interpreter.get_input_details()[0]
-        self._input, self.input_dtype = details["index"], details["dtype"]
-        self.input_shape = (batch_size,) + tuple(int(side) for side in details["shape"][1:])
-        self._interpreter.resize_tensor_input(self._input, self.input_shape, strict=True)
+    def _resize(self, batch_size: int) -> None:
+        self._interpreter.resize_tensor_input(self._input, (batch_size,) + self.input_shape,
+                                              strict=True)
         self._interpreter.allocate_tensors()
-        output = self._interpreter.get_output_details()[0]
-        self._output, self.output_shape = output["index"], tuple(output["shape"])
-        self.run(np.zeros(self.input_shape, self.input_dtype))
+        self._batch_size = batch_size
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for exactly this interpreter's batch shape."""
+    def _run(self, images: np.ndarray) -> np.ndarray:
         self._interpreter.set_tensor(self._input, images)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output)
@@ -107,11 +109,11 @@ class ServingModel:
         try:
             with open(os.path.join(path, TFLITE_FILE), "rb") as file:
                 content = file.read()
-            # Every batch size up to the batcher's largest is allocated and warmed now,
-            # so that no request pays for it.
+            # Allocated and warmed now, so that no request pays for it and what the version
+            # holds is known before it serves.
             cores = usable_cores()
             threads, all_core_threads = threads or cores, all_core_threads or cores
-            self._run = LiteRunner(content, warm_batch_size, threads)
+            self._run = LiteRunner(content, min(warm_batch_size, INTERPRETER_MAX_BATCH), threads)
             # For a call made while no other worker needs the cores
             # (service/process/worker_activity.py): its XNNPACK threads may run on theirs too
             # (service/process/cpus.py).
@@ -119,7 +121,8 @@ class ServingModel:
                 self._run_all_cores = self._run
             else:
                 with on_service_cpus():
-                    self._run_all_cores = LiteRunner(content, warm_batch_size, all_core_threads)
+                    self._run_all_cores = LiteRunner(
+                        content, min(warm_batch_size, ALL_CORES_MAX_BATCH), all_core_threads)
         except OSError as error:
             raise ModelLoadError(f"unreadable {TFLITE_FILE}: {error.strerror}") from None
         except (ValueError, RuntimeError) as error:
@@ -143,7 +146,9 @@ class ServingModel:
 
         `all_cores`: nothing else in the service needs the cores now, so use all of them.
         """
-        return (self._run_all_cores if all_cores else self._run)(images)
+        if all_cores and len(images) <= self._run_all_cores.max_batch_size:
+            return self._run_all_cores(images)
+        return self._run(images)
 
     def rank(self, scores: np.ndarray, top_k: int) -> list[dict]:
         """The `top_k` labels with the highest of one image's `scores`, best first."""

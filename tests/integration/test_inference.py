@@ -30,9 +30,22 @@ def test_every_batch_size_matches_the_keras_model(serving_model, keras_model, co
     assert np.allclose(scores, expected, atol=1e-5)
 
 
-def test_batches_run_on_interpreters_of_power_of_two_sizes(serving_model):
-    assert serving_model._run.sizes == [1, 2, 4, 8]
-    assert serving_model._run.input_shape == (16, 16, 3)
+def test_one_interpreter_per_runner_resized_to_each_batch(trained_models):
+    content = (trained_models / "shapes" / "1" / "model.tflite").read_bytes()
+    runner = LiteRunner(content, max_batch_size=4, threads=1)
+    assert runner.input_shape == (16, 16, 3) and runner.max_batch_size == 4
+    images = np.random.default_rng(7).integers(0, 256, (11, 16, 16, 3), np.uint8)
+    alone = np.concatenate([runner(images[i:i + 1]) for i in range(len(images))])
+    # 11 images run as 4 + 4 + 3; then sizes that shrink and grow again.
+    assert np.allclose(runner(images), alone, atol=1e-6)
+    for count in (2, 4, 1, 3):
+        assert np.allclose(runner(images[:count]), alone[:count], atol=1e-6)
+
+
+def test_the_version_runs_invokes_of_at_most_eight_images(trained_models):
+    model = ServingModel(trained_models / "shapes" / "1", warm_batch_size=32)
+    assert model._run.max_batch_size == 8
+    assert model._run_all_cores.max_batch_size in (1, 8)  # 8: one core, one runner
 
 
 def test_a_file_that_is_not_a_tflite_model_is_refused(models_dir):
