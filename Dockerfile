@@ -88,8 +88,8 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
 # The same gunicorn settings the tests use; HOST, PORT, WORKERS and the rest come from the
-# environment. gunicorn's master also runs the gRPC server processes (GRPC_WORKERS of them,
-# service/grpc/worker.py), so one command serves both and SIGTERM drains both.
+# environment. Every worker serves gRPC too, from a thread beside its HTTP threads
+# (service/grpc/thread.py), so one command serves both faces and SIGTERM drains both.
 CMD ["gunicorn", "-c", "service/process/gunicorn_conf.py"]
 
 # The shipped models as an image of their own (target `model`), for Kubernetes pods that

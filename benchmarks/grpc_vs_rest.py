@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC against REST, side by side, on one service.
 
-One service (gunicorn with its default settings: 2 HTTP workers and 2 gRPC workers) on
+One service (gunicorn with its default settings: 2 workers, each serving HTTP and gRPC) on
 loopback; Triton's own clients as the load: tritonclient.grpc.aio against GRPC_PORT and
 tritonclient.http.aio against /v2 with the binary tensor data extension, each call one
 JPEG of the same sample as a BYTES input asking for the top 3 labels (classification
@@ -51,7 +51,7 @@ def parse_args(argv):
     parser.add_argument("--http-port", type=int, default=18400)
     parser.add_argument("--grpc-port", type=int, default=18401)
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="a service setting for this run, e.g. GRPC_WORKERS=1 (repeatable)")
+                        help="a service setting for this run, e.g. WORKERS=1 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -161,7 +161,7 @@ def start_service(args, log_path):
 
 
 def grpc_ready(args):
-    """Whether the gRPC workers answer ServerReady."""
+    """Whether gRPC answers ServerReady."""
     import tritonclient.grpc as client_module
 
     client = client_module.InferenceServerClient(f"{LOOPBACK}:{args.grpc_port}")

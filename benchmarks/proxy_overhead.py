@@ -93,7 +93,7 @@ def main(argv=None):
                    "COMPOSE_FILE": f"{base_files}:{OVERRIDE}",
                    "API_PORT": str(args.proxy_port), "BENCH_API_PORT": str(args.api_port),
                    # HTTP alone, as before gRPC was served; its port is any free one.
-                   "GRPC_WORKERS": "0", "API_GRPC_PORT": str(args.grpc_port)}
+                   "GRPC_ENABLED": "0", "API_GRPC_PORT": str(args.grpc_port)}
     urls = {"proxy": f"http://127.0.0.1:{args.proxy_port}/predict",
             "direct": f"http://127.0.0.1:{args.api_port}/predict"}
     measurements = []

@@ -142,10 +142,10 @@ def measure_level(server, label, path, form, clients, args, image_list):
 def service_settings(args, model_dir):
     """The environment the service runs with: the defaults, plus any --service-env."""
     # gRPC off, so the figures stay those of HTTP alone, comparable with earlier runs;
-    # --service-env GRPC_WORKERS=2 runs its workers beside (benchmarks/grpc_vs_rest.py
+    # --service-env GRPC_ENABLED=1 serves it beside (benchmarks/grpc_vs_rest.py
     # measures gRPC itself).
     return {"HOST": "127.0.0.1", "PORT": str(args.service_port), "MODEL_DIR": model_dir,
-            "MODEL_NAME": args.model_name, "TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_WORKERS": "0",
+            "MODEL_NAME": args.model_name, "TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_ENABLED": "0",
             **args.service_env}
 
 

@@ -11,6 +11,12 @@ from service.http.errors import register_error_handlers
 from service.http.routes import blueprint
 from service.http.security_headers import register_security_headers
 from service.http.v2 import blueprint as inference_protocol
+from service.models.footprint import (
+    FittingLoader,
+    memory_limit_bytes,
+    trial_load,
+    worker_share_bytes,
+)
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.shadow import ShadowRunner
@@ -44,9 +50,12 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     app.extensions["api_keys"] = keys
 
     # One worker per core: a lone request may borrow the idle workers' cores.
-    load = functools.partial(ServingModel, warm_batch_size=settings.batch_max_size,
-                             threads=settings.model_threads,
-                             all_core_threads=min(service_cores(), settings.workers))
+    options = {"warm_batch_size": settings.batch_max_size, "threads": settings.model_threads,
+               "all_core_threads": min(service_cores(), settings.workers)}
+    # A version goes live only if it fits the worker's share of the memory limit.
+    share = worker_share_bytes(memory_limit_bytes(settings.memory_limit_mb), settings.workers)
+    load = FittingLoader(functools.partial(ServingModel, **options), share,
+                         functools.partial(trial_load, **options))
     models = ModelRepository(settings.model_dir, settings.model_name,
                              settings.model_poll_seconds, load=load,
                              on_load=metrics.record_model_load,

@@ -40,14 +40,17 @@ class Settings:
     # the cores. A request alone in the whole service uses every core instead
     # (service/process/worker_activity.py).
     model_threads: int = 1
+    # The memory limit a version must fit in, in MiB (service/models/footprint.py); 0: the
+    # container's own limit (its cgroup's), and none without one.
+    memory_limit_mb: int = 0
     # 1: each worker runs on its own share of the CPUs (service/process/cpus.py); 0: anywhere.
     pin_workers: int = 1
     log_level: str = "info"
-    # The Open Inference Protocol over gRPC (service/grpc/), on Triton's port, in server
-    # processes of its own that gunicorn runs beside the HTTP workers (each one loads the
-    # models and takes its own share of the CPUs, as an HTTP worker does). 0 turns it off.
+    # The Open Inference Protocol over gRPC (service/grpc/), on Triton's port, served by
+    # every worker from a thread beside its HTTP threads, with the same models and batcher.
+    # 0 turns it off.
     grpc_port: int = 8001
-    grpc_workers: int = 2
+    grpc_enabled: int = 1
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
@@ -74,17 +77,20 @@ class Settings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops", "grpc_workers"):
+        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops",
+                     "memory_limit_mb"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
         for name in ("port", "grpc_port"):
             if getattr(self, name) > 65535:
                 raise SettingsError(f"{name.upper()} must be a port number up to 65535")
-        if self.grpc_workers and self.grpc_port == self.port:
+        if self.grpc_enabled and self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
-                                "GRPC_WORKERS=0 to turn gRPC off")
-        if self.pin_workers not in (0, 1):
-            raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
+                                "GRPC_ENABLED=0 to turn gRPC off")
+        for name in ("pin_workers", "grpc_enabled"):
+            if getattr(self, name) not in (0, 1):
+                raise SettingsError(f"{name.upper()} must be 1 (on) or 0 (off), "
+                                    f"not {getattr(self, name)}")
         if self.model_poll_seconds <= 0:
             raise SettingsError("MODEL_POLL_SECONDS must be above 0")
         if self.api_key and self.api_key_file:

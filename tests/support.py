@@ -135,11 +135,11 @@ class RunningService:
     def __init__(self, models_dir, log_path, model_name="shapes", **settings):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        # gRPC is off unless a test asks for it (grpc_workers=N): its port is a free one,
+        # gRPC is off unless a test asks for it (grpc_enabled=1): its port is a free one,
         # never 8001, which another server on this machine (or another test's) may hold.
         self.log_path = log_path
         environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
-                       "GRPC_PORT": str(free_port()), "GRPC_WORKERS": "0",
+                       "GRPC_PORT": str(free_port()), "GRPC_ENABLED": "0",
                        "MODEL_DIR": str(models_dir), "MODEL_NAME": model_name,
                        "WORKERS": "1", "THREADS": "8", "MODEL_POLL_SECONDS": "0.5",
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -168,7 +168,7 @@ class RunningService:
         return self
 
     def wait_grpc_ready(self, workers=1, timeout=90):
-        """Block until `workers` gRPC workers listen and the health service says SERVING."""
+        """Block until `workers` workers listen for gRPC and the health service says SERVING."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 

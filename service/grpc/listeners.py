@@ -7,7 +7,7 @@ the port and, in the same step, cancels every call that has reached the server b
 the servicer has not yet taken up (under load there are several): each is a lost call,
 answered CANCELLED, though the client did nothing wrong.
 
-So a stopping gRPC worker first shuts its listening sockets down itself: the kernel takes
+So a stopping worker's gRPC server first shuts its listening sockets down itself: the kernel takes
 them out of listening, a new connection is refused at once, and nginx, having sent nothing
 on it, tries another replica. The connections already made stay open, and the worker
 serves their calls as usual for a moment (server.DRAIN_SECONDS) before gRPC's own stop,

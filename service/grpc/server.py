@@ -3,8 +3,9 @@
 It runs on grpc.aio: the event loop holds every connection and every call still arriving,
 for next to nothing each, so a client that opens a stream and sends nothing, or sends
 slowly, holds no thread; a call's work runs on a pool of THREADS threads once its whole
-request is in (service/grpc/servicer.py). Several worker processes listen on the one
-GRPC_PORT (SO_REUSEPORT: the kernel spreads new connections over them).
+request is in (service/grpc/servicer.py). It runs in a thread of every gunicorn worker
+(service/grpc/thread.py); the workers all listen on the one GRPC_PORT (SO_REUSEPORT: the
+kernel spreads new connections over them).
 
 Health (grpc.health.v1, for Kubernetes' grpc probes and load balancers): the service ""
 and inference.GRPCInferenceService are SERVING while the default model serves, as
@@ -88,10 +89,9 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 async def serve(serving: Serving, settings: Settings, stopping: asyncio.Event, grace: float,
-                heartbeat: Callable[[], None] = lambda: None) -> None:
+                on_listening: Callable[[], None] = lambda: None) -> None:
     """Serve on GRPC_PORT until `stopping` is set, then drain: calls in flight get `grace`
-    seconds to finish, new ones are refused. `heartbeat` is called every
-    HEALTH_POLL_SECONDS (the gunicorn worker's sign of life)."""
+    seconds to finish, new ones are refused. `on_listening` is called once the port listens."""
     executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="grpc")
     server, checker = build(serving, settings, executor)
     address = f"{settings.host}:{settings.grpc_port}"
@@ -104,8 +104,8 @@ async def serve(serving: Serving, settings: Settings, stopping: asyncio.Event, g
     await server.start()
     log.info("gRPC listening at %s", address, extra={"event": "grpc_listening",
                                                      "port": settings.grpc_port})
+    on_listening()
     while not stopping.is_set():
-        heartbeat()
         status = (health_pb2.HealthCheckResponse.SERVING if protocol.server_ready(serving)
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for service in HEALTH_SERVICES:

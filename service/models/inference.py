@@ -32,6 +32,14 @@ ALL_CORES_MAX_BATCH = 1
 class ModelLoadError(Exception):
     """A version folder does not hold a usable model; the message names no path."""
 
+    kind = "load_failed"
+
+
+class ModelTooLargeError(ModelLoadError):
+    """A version would not fit in what is left of the worker's share of the memory limit."""
+
+    kind = "too_large"
+
 
 class LiteRunner:
     """A converted model run by XNNPACK, for every batch size up to `max_batch_size`.
@@ -82,6 +90,9 @@ class LiteRunner:
 
 class ServingModel:
     """One loaded, warmed model version and the metadata that describes it."""
+
+    # Resident memory its load added to the process (service/models/footprint.py).
+    memory_bytes = 0
 
     def __init__(self, path: str | os.PathLike, warm_batch_size: int = 1, threads: int = 0,
                  all_core_threads: int = 0):

@@ -73,7 +73,8 @@ class Model:
         # Versions on disk that do not serve, and why.
         self.version_problems: dict[int, str] = {}
         self.on_disk: list[int] = []
-        # version -> (folder mtime, reason): a failed version is tried again only once it changes.
+        # version -> (folder mtime, reason, kind): a failed version is tried again only once
+        # it changes.
         self._failed: dict[int, tuple[int, str]] = {}
         # serving.json as last read: its (mtime, size, inode), and the policy or the error.
         self._file_stamp = None
@@ -113,6 +114,7 @@ class Model:
                      else "unavailable", "labels": table.labels_of(version)}
             if version in table.versions:
                 entry["loaded_at"] = table.versions[version].loaded_at
+                entry["memory_bytes"] = table.versions[version].memory_bytes
             reason = self.version_problems.get(version) or self._not_loaded_reason(version)
             if reason:
                 entry["reason"] = reason
@@ -129,6 +131,14 @@ class Model:
             "input": dict(zip(("height", "width", "channels"), stable.input_shape,
                               strict=True)) if stable else None,
         }
+
+    def refused(self) -> dict[str, int]:
+        """How many versions on disk failed to load, by kind (load_failed, too_large)."""
+        counts = {"load_failed": 0, "too_large": 0}
+        for version, (_, _, kind) in self._failed.items():
+            if version in self.on_disk:
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def _not_loaded_reason(self, version: int) -> str:
         if version in self.table.versions or self.policy is None:
@@ -282,7 +292,7 @@ class Model:
         try:
             model = self._load(path)
         except ModelLoadError as error:
-            self._failed[version] = (stamp, str(error))
+            self._failed[version] = (stamp, str(error), error.kind)
             log.error("model %s version %s failed to load and is skipped: %s", self.name, version,
                       error, extra={"event": "model_load_failed", "model": self.name,
                                     "model_version": version, "reason": str(error)})

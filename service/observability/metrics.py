@@ -73,6 +73,13 @@ CANARY_PERCENT = Gauge("model_canary_percent",
 POLICY_REJECTED = Gauge("model_policy_rejected",
                         "1 while a model's serving.json cannot be used (the reason is in "
                         "/models and the log), else 0.", ["model"], multiprocess_mode="livemax")
+MODEL_MEMORY = Gauge("model_memory_bytes",
+                     "Resident memory each loaded version added to the workers that loaded it.",
+                     ["model", "version"], multiprocess_mode="livesum")
+VERSIONS_REFUSED = Gauge("model_versions_refused",
+                         "Versions on disk that do not serve: broken (load_failed) or too large "
+                         "for a worker's share of the memory limit (too_large).",
+                         ["model", "reason"], multiprocess_mode="livemax")
 API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none required).",
                  multiprocess_mode="liveall")
 API_KEY_RELOADS = Counter("api_key_file_reloads_total",
@@ -118,9 +125,15 @@ def count_shadow_skipped(name: str, shadow: "ServingModel", reason: str) -> None
     SHADOW_SKIPPED.labels(name, str(shadow.version), reason).inc()
 
 
+# model name -> versions whose memory this worker reports, so an unloaded one reads 0.
+_memory_reported: dict[str, set[int]] = {}
+
+
 def record_model_load(name: str, model: "ServingModel", seconds: float) -> None:
-    """Note how long a version took to load and warm."""
+    """Note how long a version took to load and warm, and what it holds."""
     MODEL_LOAD_SECONDS.labels(name).observe(seconds)
+    MODEL_MEMORY.labels(name, str(model.version)).set(model.memory_bytes)
+    _memory_reported.setdefault(name, set()).add(model.version)
 
 
 def record_model_state(model: "Model") -> None:
@@ -132,6 +145,12 @@ def record_model_state(model: "Model") -> None:
         percent = table.canary.percent if "canary" in table.labels else 0
         CANARY_PERCENT.labels(model.name, mode).set(percent if table.canary.mode == mode else 0)
     POLICY_REJECTED.labels(model.name).set(1 if model.policy_problem else 0)
+    for reason, count in model.refused().items():
+        VERSIONS_REFUSED.labels(model.name, reason).set(count)
+    reported = _memory_reported.get(model.name, set())
+    for version in reported - set(table.versions):  # freed: no table names it any more
+        MODEL_MEMORY.labels(model.name, str(version)).set(0)
+        reported.discard(version)
 
 
 def record_api_keys(ok: bool, key_count: int) -> None:

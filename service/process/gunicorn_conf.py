@@ -10,9 +10,9 @@ from gunicorn.glogging import Logger
 
 from service.api_keys import ApiKeyError, ApiKeys
 from service.config import Settings, SettingsError
-from service.grpc.worker import GRPC, assign_role
 from service.observability.json_log import JsonFormatter, StderrRelay, gunicorn_logging
 from service.process.cpus import pin_worker
+from service.process.gunicorn_worker import assign_index
 from service.process.worker_activity import activity
 
 try:
@@ -36,10 +36,10 @@ bind = f"{settings.host}:{settings.port}"
 # gunicorn's gthread worker, except that a thread answers a connection's back-to-back
 # requests itself while every connection can have a thread, and the workers share the
 # connections evenly; they all accept on the master's one socket, so no reuse_port
-# (service/process/gunicorn_worker.py). GRPC_WORKERS more workers of the same class serve the
-# Open Inference Protocol over gRPC instead (service/grpc/worker.py).
-worker_class = "service.grpc.worker.ServiceWorker"
-workers = settings.workers + settings.grpc_workers
+# (service/process/gunicorn_worker.py). Each worker also serves the Open Inference Protocol
+# over gRPC, from a thread of its own (service/grpc/thread.py).
+worker_class = "service.process.gunicorn_worker.ServiceWorker"
+workers = settings.workers
 threads = settings.threads
 # No preload: each worker loads the model after the fork, so no interpreter or thread
 # pool is ever shared across a fork.
@@ -77,9 +77,9 @@ def on_starting(server):
 
 
 def pre_fork(server, worker):
-    """Give the worker about to be forked its role (HTTP or gRPC) and a slot of its own: its
+    """Give the worker about to be forked its share of the CPUs and a slot of its own: its
     busy flag and connection count (service/process/worker_activity.py)."""
-    assign_role(server, worker, settings.workers, settings.grpc_workers)
+    assign_index(server, worker, settings.workers)
     worker.activity_slot = activity.take_slot()
 
 
@@ -88,9 +88,7 @@ def post_fork(server, worker):
     imports anything that prints there."""
     if settings.pin_workers:
         try:
-            # Each role splits the CPUs among its own workers.
-            pin_worker(worker.role_index,
-                       settings.grpc_workers if worker.role == GRPC else settings.workers)
+            pin_worker(worker.index, settings.workers)
         except OSError as error:  # a sandbox may refuse; the worker then runs anywhere
             server.log.warning("worker not pinned to its CPUs: %s", error.strerror)
     stderr_relay.start()

@@ -33,8 +33,10 @@ goes to a worker with fewer; not while other workers have lately left a connecti
 
 import select
 import selectors
+import sys
 import time
 
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.process.worker_activity import activity
@@ -152,3 +154,57 @@ def _readable(sockets, timeout: float) -> bool:
     except (OSError, ValueError):  # a socket was closed meanwhile
         return False
     return bool(readable)
+
+
+class ServiceWorker(LingeringThreadWorker):
+    """The service's worker: HTTP on gunicorn's threads, and the gRPC face in a thread
+    beside them (service/grpc/thread.py), both from the one copy of each model."""
+
+    index = 0  # which share of the CPUs it runs on (`assign_index`)
+    grpc = None
+
+    def run(self) -> None:
+        """Start gRPC (unless GRPC_ENABLED=0), serve HTTP until stopped, then let gRPC drain."""
+        from service.serving import serving_of  # the app's, loaded after the fork
+
+        serving = serving_of(self.wsgi)
+        if serving.settings.grpc_enabled:
+            from service.grpc.thread import BindError, GrpcThread  # gRPC only after the fork
+
+            # Drained within gunicorn's own budget, before the master's SIGKILL.
+            self.grpc = GrpcThread(serving, serving.settings,
+                                   grace=max(1.0, self.cfg.graceful_timeout - 2))
+            try:
+                self.grpc.start()
+            except BindError as error:
+                # As when gunicorn cannot bind PORT: the master stops, rather than fork
+                # again and again a worker that cannot listen.
+                self.log.error("%s", error)
+                sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        try:
+            super().run()
+        finally:
+            if self.grpc is not None:
+                self.grpc.stop()
+                self.grpc.join(self.cfg.graceful_timeout)
+
+    def handle_exit(self, sig, frame) -> None:
+        """SIGTERM: both faces stop at once; in-flight requests and calls finish."""
+        super().handle_exit(sig, frame)
+        if self.grpc is not None:
+            self.grpc.stop()
+
+
+def assign_index(server, worker, workers: int) -> None:
+    """Give `worker`, about to be forked, the first index below `workers` that no remaining
+    worker holds (in the master), so each keeps its own share of the CPUs.
+
+    The remaining workers are the youngest `num_workers - 1` besides it: gunicorn stops the
+    oldest beyond its count, so during a reload (HUP) the new workers take every index again.
+    Workers added beyond the count (TTIN) take the next numbers.
+    """
+    others = sorted(server.WORKERS.values(), key=lambda other: other.age)
+    remaining = others[max(0, len(others) - (server.num_workers - 1)):]
+    taken = {getattr(other, "index", 0) for other in remaining}
+    worker.index = next(index for index in range(max(workers, len(taken) + 1))
+                        if index not in taken)

@@ -241,7 +241,7 @@ def test_the_container_listens_where_its_probes_and_ports_say():
         readiness = container["readinessProbe"]
         assert "grpc" in readiness or readiness["httpGet"]["path"].endswith("/health/ready"), where
         assert container["livenessProbe"]["httpGet"]["path"].endswith("/health/live"), where
-        assert int(settings.get("GRPC_WORKERS") or Settings().grpc_workers) > 0, where
+        assert int(settings.get("GRPC_ENABLED") or Settings().grpc_enabled) == 1, where
 
 
 def test_the_deployment_is_ready_by_grpc_health_and_serves_both_ports():

@@ -45,10 +45,10 @@ MAX_IMAGES, MAX_BYTES = 4, 2_000_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, trained_models):
-    """One service with one gRPC worker for the module, with small limits."""
+    """One service with gRPC on, for the module, with small limits."""
     models = tmp_path_factory.mktemp("grpc") / "models"
     shutil.copytree(trained_models, models)
-    running = support.RunningService(models, models.parent / "service.log", grpc_workers=1,
+    running = support.RunningService(models, models.parent / "service.log", grpc_enabled=1,
                                      max_images_per_request=MAX_IMAGES,
                                      max_request_bytes=MAX_BYTES)
     try:
@@ -337,7 +337,7 @@ def test_an_empty_model_name_is_invalid_argument(server):
 
 
 def test_the_api_key_applies_to_inference(start_service, models_dir):
-    server = start_service(models_dir, api_key="sesame", grpc_workers=1).wait_grpc_ready()
+    server = start_service(models_dir, api_key="sesame", grpc_enabled=1).wait_grpc_ready()
     client = triton.InferenceServerClient(server.grpc_target)
     try:
         status, message = grpc_error(client.infer, MODEL, [bytes_input(jpegs(1))])
@@ -355,7 +355,7 @@ def test_the_api_key_applies_to_inference(start_service, models_dir):
 
 
 def test_without_a_model_it_is_unavailable_and_not_serving(start_service, tmp_path):
-    server = start_service(tmp_path / "empty", wait_ready=False, grpc_workers=1)
+    server = start_service(tmp_path / "empty", wait_ready=False, grpc_enabled=1)
     support.poll(lambda: server.log().count('"event": "grpc_listening"') == 1, 60, server.log)
     client = triton.InferenceServerClient(server.grpc_target)
     try:
@@ -417,7 +417,7 @@ def large_png(side=2500):
 
 
 def test_sigterm_lets_calls_in_flight_finish(start_service, models_dir):
-    server = start_service(models_dir, grpc_workers=1, threads=16).wait_grpc_ready()
+    server = start_service(models_dir, grpc_enabled=1, threads=16).wait_grpc_ready()
     images = [large_png()] * 4
     outcomes, started = [], threading.Event()
 
@@ -469,7 +469,7 @@ def test_a_grpc_port_that_cannot_be_listened_on_stops_the_service(start_service,
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        server = start_service(models_dir, wait_ready=False, grpc_workers=1,
+        server = start_service(models_dir, wait_ready=False, grpc_enabled=1,
                                grpc_port=holder.getsockname()[1])
         assert server.process.wait(90) == 3
     assert "gRPC cannot listen at" in server.log() and "Worker failed to boot" in server.log()

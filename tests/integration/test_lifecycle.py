@@ -112,3 +112,40 @@ def test_sigterm_lets_a_request_in_flight_finish_and_starts_no_new_ones(start_se
     assert result["response"].json()["predictions"][0]["label"]
     assert refused, "a new connection was accepted after SIGTERM"
     assert server.process.wait(30) == 0
+
+
+def resident_mib(pid):
+    """A process's resident memory in MiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_version_too_large_for_the_memory_limit_is_refused_and_no_worker_dies(
+        start_service, models_dir):
+    from service.models.footprint import MASTER_RESERVE_BYTES, MIB
+
+    # What a worker holds with version 1; then a limit that leaves its share 6 MiB more,
+    # enough for version 1 again, not for the shipped cifar10 model (about 12 MiB).
+    probe = start_service(models_dir)
+    [pid] = support.forked_workers(probe, 1)
+    held = resident_mib(pid)
+    probe.stop()
+    limit = int(held + 6 + MASTER_RESERVE_BYTES / MIB)
+    server = start_service(models_dir, memory_limit_mb=limit)
+    workers = support.forked_workers(server, 1)
+    # A retrain that publishes a heavier model, atomically as training does.
+    staging = models_dir / "shapes" / ".tmp-2"
+    shutil.copytree(support.ROOT / "models" / "cifar10" / "2", staging)
+    staging.rename(models_dir / "shapes" / "2")
+    support.poll(lambda: "would not fit" in server.log(), 60,
+                 lambda: f"the heavy version was not refused:\n{server.log()}")
+    response = post_image(server)
+    assert response.status_code == 200 and response.json()["model"]["version"] == 1
+    versions = {entry["version"]: entry for entry in
+                requests.get(server.url("/models/shapes")).json()["versions"]}
+    assert "would not fit" in versions[2]["reason"] and versions[2]["state"] == "unavailable"
+    assert versions[1]["memory_bytes"] > 0
+    metrics = requests.get(server.url("/metrics")).text
+    assert 'model_versions_refused{model="shapes",reason="too_large"} 1.0' in metrics
+    assert support.worker_pids(server) == workers  # no worker was killed or restarted

@@ -15,6 +15,7 @@ class ColourModel:
     classes = ["blue", "green", "red"]
     input_shape = (16, 16, 3)
     loaded_at = "2026-11-28T00:00:00+00:00"
+    memory_bytes = 4 * 1024 * 1024
 
     def __init__(self, name="colours", version=7, fail=False):
         self.name, self.version, self.fail = name, version, fail

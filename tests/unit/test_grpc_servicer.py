@@ -8,10 +8,10 @@ import pytest
 
 from service.grpc.messages import inference, repository
 from service.grpc.servicer import Call, InferenceServicer, UnauthenticatedError, peer_address
-from service.grpc.worker import GRPC, HTTP, assign_role
 from service.models.routing import RoutingError
 from service.observability.request_log import forwarded_client
 from service.open_inference.tensors import TensorError
+from service.process.gunicorn_worker import assign_index
 from service.serving import serving_of
 
 
@@ -122,33 +122,33 @@ def test_peer_and_forwarded_addresses():
 
 
 class Arbiter:
-    """What assign_role reads of gunicorn's master: its workers and their count."""
+    """What assign_index reads of gunicorn's master: its workers and their count."""
 
     def __init__(self, num_workers):
         self.num_workers, self.WORKERS, self.age = num_workers, {}, 0
 
-    def fork(self, http, grpc_count):
+    def fork(self, workers):
         worker = types.SimpleNamespace(age=self.age)
         self.age += 1
-        assign_role(self, worker, http, grpc_count)
+        assign_index(self, worker, workers)
         self.WORKERS[worker.age] = worker
-        return worker.role, worker.role_index
+        return worker.index
 
     def stop_oldest(self):
         del self.WORKERS[min(self.WORKERS)]
 
 
-def test_workers_take_every_role_once_and_a_replacement_takes_the_missing_one():
-    master = Arbiter(4)
-    assert [master.fork(2, 2) for _ in range(4)] == [(HTTP, 0), (HTTP, 1), (GRPC, 0), (GRPC, 1)]
-    del master.WORKERS[2]  # the first gRPC worker died
-    assert master.fork(2, 2) == (GRPC, 0)
-
-
-def test_a_reload_forks_a_whole_new_set_of_roles():
+def test_workers_take_every_index_once_and_a_replacement_takes_the_missing_one():
     master = Arbiter(3)
-    [master.fork(2, 1) for _ in range(3)]
+    assert [master.fork(3) for _ in range(3)] == [0, 1, 2]
+    del master.WORKERS[1]  # the second worker died
+    assert master.fork(3) == 1
+
+
+def test_a_reload_forks_a_whole_new_set_of_indexes():
+    master = Arbiter(2)
+    [master.fork(2) for _ in range(2)]
     # HUP: gunicorn forks num_workers new ones, then stops the oldest.
-    assert [master.fork(2, 1) for _ in range(3)] == [(HTTP, 0), (HTTP, 1), (GRPC, 0)]
-    master.num_workers = 4  # TTIN: one more, for HTTP
-    assert master.fork(2, 1) == (HTTP, 2)
+    assert [master.fork(2) for _ in range(2)] == [0, 1]
+    master.num_workers = 3  # TTIN: one more, beyond the count
+    assert master.fork(2) == 2

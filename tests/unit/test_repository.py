@@ -256,3 +256,23 @@ def test_without_a_stable_label_the_canary_is_never_stable(models):
     model = repository.model("colours")
     assert "the canary is the only version that loads" in model.policy_problem
     assert served(repository, label="stable") == 2
+
+
+def test_a_version_too_large_to_fit_is_refused_and_the_stable_keeps_serving(models,
+                                                                          monkeypatch):
+    from service.models import footprint
+    from service.models.footprint import MIB, FittingLoader
+
+    monkeypatch.setattr(footprint, "resident_bytes", lambda: 100 * MIB)
+    sizes = {1: 10 * MIB, 2: 10 * MIB, 3: 10 * MIB, 4: 500 * MIB}
+    trial = lambda path: sizes[int(path.rsplit("/", 1)[-1])]  # noqa: E731
+    repository = repository_of(models, FittingLoader(ColourLoader(), 150 * MIB, trial))
+    assert served(repository) == 3
+    publish_fake(models, "colours", 4)  # a retrain that needs more than the share
+    repository.refresh()
+    model = repository.model("colours")
+    assert served(repository) == 3 and model.state == ModelState.READY
+    states = {entry["version"]: entry for entry in model.describe()["versions"]}
+    assert "would not fit: it needs 500 MiB" in states[4]["reason"]
+    assert states[3]["memory_bytes"] == 0  # the readings did not move: nothing measured
+    assert model.refused() == {"load_failed": 0, "too_large": 1}

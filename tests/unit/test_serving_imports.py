@@ -9,7 +9,7 @@ from tests.support import ROOT
 SERVING_MODULES = ("service.app", "service.wsgi", "service.process.gunicorn_conf",
                    "service.models.repository", "service.models.release",
                    "service.models.inference", "service.models.artifact",
-                   "service.grpc.server", "service.grpc.worker")
+                   "service.grpc.server", "service.grpc.thread")
 
 
 def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
@@ -30,7 +30,7 @@ def test_importing_the_serving_code_loads_no_tensorflow_or_keras(tmp_path):
 
 
 def test_gunicorns_master_does_not_load_grpc(tmp_path):
-    # gRPC's threads must not cross a fork: only a gRPC worker imports it, after the fork.
+    # gRPC's threads must not cross a fork: only a worker imports it, after the fork.
     program = ("import json, sys; import service.process.gunicorn_conf; "
                "print(json.dumps(sorted(sys.modules)))")
     finished = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
@@ -39,5 +39,5 @@ def test_gunicorns_master_does_not_load_grpc(tmp_path):
                                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
     assert finished.returncode == 0, finished.stderr
     modules = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert "service.grpc.worker" in modules
+    assert "service.process.gunicorn_worker" in modules
     assert [name for name in modules if name.split(".")[0] in ("grpc", "grpc_health")] == []

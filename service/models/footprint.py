@@ -1,0 +1,153 @@
+"""What a model version holds in memory, and whether it fits this worker's share of the limit.
+
+Before a version goes live in a worker, a short-lived child process loads it exactly as the
+worker would (the same batch size and threads) and reports how much its resident memory
+grew: the weights, XNNPACK's packed copy of them, the interpreters' arenas. LiteRT does not
+report its arena, and a guess from the file's size misses models whose activations weigh
+more than their weights, so the figure is measured, not estimated. The worker loads the
+version only if that much is left of its share: the container's memory limit (its cgroup's,
+or MEMORY_LIMIT_MB) less a reserve for gunicorn's master, divided by WORKERS, less what the
+worker holds now. During a swap the version being replaced is still held, so both count.
+
+A version that would not fit is refused with the reason, as a broken version is (in
+/models, the log and `model_load_failures_total`), and the versions already serving keep
+serving. A child that the kernel kills for memory costs only itself: it asks to be killed
+first (oom_score_adj 1000), before any worker.
+
+Run as a command, this module is that child: python -m service.models.footprint FOLDER ...
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from service.models.inference import ModelLoadError, ModelTooLargeError, ServingModel
+
+log = logging.getLogger("service.models")
+
+MIB = 1024 * 1024
+# gunicorn's master and the metrics files in /tmp (a tmpfs in compose): not a worker's.
+MASTER_RESERVE_BYTES = 48 * MIB
+# cgroup v2, then v1; "max" or a huge number means no limit.
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+NO_LIMIT = 1 << 60
+TRIAL_TIMEOUT_SECONDS = 120
+# The child's exit status when the folder holds no usable model (its message on stderr).
+UNUSABLE = 2
+# Where `python -m service...` finds the package, whatever the worker's own folder.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def memory_limit_bytes(setting_mib: int = 0) -> int | None:
+    """The memory limit the service runs under: MEMORY_LIMIT_MB, else its cgroup's; None
+    when there is none."""
+    if setting_mib:
+        return setting_mib * MIB
+    for path in CGROUP_LIMIT_FILES:
+        try:
+            with open(path, encoding="ascii") as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < NO_LIMIT:
+            return int(text)
+        return None
+    return None
+
+
+def worker_share_bytes(limit: int | None, workers: int) -> int | None:
+    """One worker's share of `limit`, after the master's reserve."""
+    if limit is None:
+        return None
+    return max(0, limit - MASTER_RESERVE_BYTES) // max(1, workers)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (VmRSS)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def trial_load(path: str, warm_batch_size: int, threads: int, all_core_threads: int) -> int:
+    """Bytes the version at `path` adds to a process that loads it, measured in a child;
+    ModelLoadError when it cannot be loaded at all."""
+    command = [sys.executable, "-m", "service.models.footprint", path,
+               "--batch", str(warm_batch_size), "--threads", str(threads),
+               "--all-core-threads", str(all_core_threads)]
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=TRIAL_TIMEOUT_SECONDS, cwd=PROJECT_ROOT)
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(f"a trial load took over {TRIAL_TIMEOUT_SECONDS} s") from None
+    if finished.returncode == UNUSABLE:
+        raise ModelLoadError(finished.stderr.strip().splitlines()[-1])
+    if finished.returncode != 0:
+        # -9: the kernel's OOM killer, which takes the child first.
+        why = ("it was killed for memory" if finished.returncode == -9
+               else f"it exited with status {finished.returncode}")
+        raise ModelLoadError(f"a trial load of it failed: {why}")
+    return int(json.loads(finished.stdout.strip().splitlines()[-1])["bytes"])
+
+
+class FittingLoader:
+    """Loads a version only if it fits this worker's share; records what it holds."""
+
+    def __init__(self, load: Callable[[str], ServingModel], share: int | None,
+                 trial: Callable[[str], int]):
+        self._load, self.share, self._trial = load, share, trial
+
+    def __call__(self, path: str) -> ServingModel:
+        """The loaded version (ModelLoadError when it is unusable or would not fit)."""
+        if self.share is not None:
+            needed, held = self._trial(path), resident_bytes()
+            log.info("a trial load of %s needs %.1f MiB; this worker holds %.1f of its %.1f MiB",
+                     path, needed / MIB, held / MIB, self.share / MIB,
+                     extra={"event": "model_trial_load", "needed_bytes": needed,
+                            "held_bytes": held, "share_bytes": self.share})
+            if held + needed > self.share:
+                raise ModelTooLargeError(
+                    f"it would not fit: it needs {needed / MIB:.0f} MiB in each worker, and "
+                    f"this worker holds {held / MIB:.0f} MiB of its {self.share / MIB:.0f} MiB "
+                    f"share of the memory limit; raise the limit (or MEMORY_LIMIT_MB), keep "
+                    f"fewer versions loaded, or serve a smaller model")
+        before = resident_bytes()
+        model = self._load(path)
+        # What the load added here; other threads allocate meanwhile, so it is a reading.
+        model.memory_bytes = max(0, resident_bytes() - before)
+        return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: load the version as a worker would, print the bytes it added as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m service.models.footprint")
+    parser.add_argument("folder")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--all-core-threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:  # the kernel's first choice when memory runs out: this child, never a worker
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust:
+            adjust.write("1000")
+    except OSError:
+        pass
+    before = resident_bytes()
+    try:
+        model = ServingModel(args.folder, warm_batch_size=args.batch, threads=args.threads,
+                             all_core_threads=args.all_core_threads)
+    except ModelLoadError as error:
+        print(error, file=sys.stderr)
+        return UNUSABLE
+    print(json.dumps({"bytes": resident_bytes() - before}))  # read while it is still held
+    del model
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
