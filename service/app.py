@@ -15,6 +15,7 @@ from service.models.footprint import (
     FittingLoader,
     memory_limit_bytes,
     trial_load,
+    upper_bound_bytes,
     worker_share_bytes,
 )
 from service.models.inference import ServingModel
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     # A version goes live only if it fits the worker's share of the memory limit.
     share = worker_share_bytes(memory_limit_bytes(settings.memory_limit_mb), settings.workers)
     load = FittingLoader(functools.partial(ServingModel, **options), share,
-                         functools.partial(trial_load, **options))
+                         functools.partial(trial_load, **options),
+                         functools.partial(upper_bound_bytes, **options))
     models = ModelRepository(settings.model_dir, settings.model_name,
                              settings.model_poll_seconds, load=load,
                              on_load=metrics.record_model_load,

@@ -1,18 +1,21 @@
 """What a model version holds in memory, and whether it fits this worker's share of the limit.
 
-Before a version goes live in a worker, a short-lived child process loads it exactly as the
-worker would (the same batch size and threads) and reports how much its resident memory
-grew: the weights, XNNPACK's packed copy of them, the interpreters' arenas. LiteRT does not
-report its arena, and a guess from the file's size misses models whose activations weigh
-more than their weights, so the figure is measured, not estimated. The worker loads the
-version only if that much is left of its share: the container's memory limit (its cgroup's,
-or MEMORY_LIMIT_MB) less a reserve for gunicorn's master, divided by WORKERS, less what the
-worker holds now. During a swap the version being replaced is still held, so both count.
+A worker loads a version only if it fits what is left of its share of the memory limit:
+the container's (its cgroup's, or MEMORY_LIMIT_MB) less a reserve for gunicorn's master,
+divided by WORKERS, less what the worker holds now. During a swap the version being
+replaced is still held, so both count.
+
+What a version needs is known before it loads. First an upper bound, read from its
+model.tflite without loading it (`upper_bound_bytes`): when that fits, the version loads at
+once, and a start is not slowed. Otherwise a short-lived child process loads it exactly
+as the worker would (the same batch size and threads) and reports how much its resident
+memory grew: the weights, XNNPACK's packed copy, the interpreters' workspaces (LiteRT does
+not report its arena, so this is measured). A child that the kernel kills for memory costs
+only itself: it asks to be killed first (oom_score_adj 1000), before any worker.
 
 A version that would not fit is refused with the reason, as a broken version is (in
-/models, the log and `model_load_failures_total`), and the versions already serving keep
-serving. A child that the kernel kills for memory costs only itself: it asks to be killed
-first (oom_score_adj 1000), before any worker.
+/models, the log and `model_versions_refused`), and the versions already serving keep
+serving. Once loaded, what it added to the worker is in /models and `model_memory_bytes`.
 
 Run as a command, this module is that child: python -m service.models.footprint FOLDER ...
 """
@@ -20,12 +23,21 @@ Run as a command, this module is that child: python -m service.models.footprint 
 import argparse
 import json
 import logging
+import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from service.models.inference import ModelLoadError, ModelTooLargeError, ServingModel
+from service.models.artifact import TFLITE_FILE
+from service.models.inference import (
+    ALL_CORES_MAX_BATCH,
+    INTERPRETER_MAX_BATCH,
+    ModelLoadError,
+    ModelTooLargeError,
+    ServingModel,
+)
 
 log = logging.getLogger("service.models")
 
@@ -36,6 +48,10 @@ MASTER_RESERVE_BYTES = 48 * MIB
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 NO_LIMIT = 1 << 60
 TRIAL_TIMEOUT_SECONDS = 120
+# What a process's first load pages in besides the model (XNNPACK's code, LiteRT's).
+FIRST_LOAD_BYTES = 8 * MIB
+# Bytes per element of LiteRT's tensor types (schema.fbs TensorType); others count as 8.
+TENSOR_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8}
 # The child's exit status when the folder holds no usable model (its message on stderr).
 UNUSABLE = 2
 # Where `python -m service...` finds the package, whatever the worker's own folder.
@@ -96,16 +112,63 @@ def trial_load(path: str, warm_batch_size: int, threads: int, all_core_threads: 
     return int(json.loads(finished.stdout.strip().splitlines()[-1])["bytes"])
 
 
+def upper_bound_bytes(path: str, warm_batch_size: int, threads: int,
+                      all_core_threads: int) -> int:
+    """More than loading the version at `path` can add to a process, read from its
+    model.tflite without loading it; 0 when the file cannot be read as a model.
+
+    Each interpreter holds the weights packed again and a workspace for the activations
+    of the images it runs; the bound takes twice every activation tensor, as if none
+    shared memory, and three copies of the file per interpreter, plus the code a first
+    load pages in. Tests check it against trial loads of the shipped models.
+    """
+    try:
+        with open(os.path.join(path, TFLITE_FILE), "rb") as file:
+            content = file.read()
+        per_image = _activation_bytes(content)
+    except Exception:  # noqa: BLE001 - a file that is no model: the trial load says why
+        return 0
+    images = min(warm_batch_size, INTERPRETER_MAX_BATCH)
+    runners = 1
+    if all_core_threads != threads:
+        runners, images = 2, images + ALL_CORES_MAX_BATCH
+    return FIRST_LOAD_BYTES + 3 * len(content) * runners + 2 * per_image * images
+
+
+def _activation_bytes(content: bytes) -> int:
+    """The bytes of every tensor of one image that is not a constant, in a .tflite model."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    total = 0
+    for index in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(index)
+        for number in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(number)
+            buffer = model.Buffers(tensor.Buffer())
+            if buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 0):
+                continue  # weights, counted with the file
+            shape = tensor.ShapeAsNumpy()
+            elements = math.prod(max(1, int(side)) for side in shape) if len(shape) else 1
+            total += elements * TENSOR_TYPE_BYTES.get(tensor.Type(), 8)
+    return total
+
+
 class FittingLoader:
-    """Loads a version only if it fits this worker's share; records what it holds."""
+    """Loads a version only if it fits this worker's share; records what it holds.
+
+    A version whose upper bound fits is loaded at once; otherwise a trial load measures
+    what it needs, so the answer is exact where it matters and a start is not slowed.
+    """
 
     def __init__(self, load: Callable[[str], ServingModel], share: int | None,
-                 trial: Callable[[str], int]):
-        self._load, self.share, self._trial = load, share, trial
+                 trial: Callable[[str], int], bound: Callable[[str], int] = lambda path: 0):
+        self._load, self.share, self._trial, self._bound = load, share, trial, bound
 
     def __call__(self, path: str) -> ServingModel:
         """The loaded version (ModelLoadError when it is unusable or would not fit)."""
-        if self.share is not None:
+        bound = self._bound(path)
+        if self.share is not None and not (0 < bound <= self.share - resident_bytes()):
             needed, held = self._trial(path), resident_bytes()
             log.info("a trial load of %s needs %.1f MiB; this worker holds %.1f of its %.1f MiB",
                      path, needed / MIB, held / MIB, self.share / MIB,

@@ -119,13 +119,21 @@ class ServingPolicy:
         return _checked(replace(policy, labels=labels, history=history[-HISTORY_LENGTH:]))
 
     def rolled_back(self) -> "ServingPolicy":
-        """The previous stable from the history as stable again; a canary on it ends."""
+        """The previous stable from the history as stable again; a canary on it ends.
+
+        The version rolled back from leaves memory: the versions kept loaded become the
+        labelled ones (and any other the policy listed by number), since `latest` or `all`
+        would keep the newest loaded, and a rollback is often for the memory it takes.
+        """
         if not self.history:
             raise PolicyError("there is no earlier stable version in the history to roll back to")
         previous = self.history[-1]["stable"]
         policy = self.without_canary() if self.canary_version == previous else self
         labels = {**policy.labels, STABLE: previous}
-        return _checked(replace(policy, labels=labels, history=self.history[:-1]))
+        listed = set(policy.versions.versions) if policy.versions.kind == SPECIFIC else set()
+        kept = sorted((listed - {self.stable}) | set(labels.values()))
+        return _checked(replace(policy, labels=labels, history=self.history[:-1],
+                                versions=VersionPolicy(SPECIFIC, versions=tuple(kept))))
 
 
 def parse_policy(data: bytes) -> ServingPolicy:

@@ -74,3 +74,20 @@ def test_without_a_limit_no_trial_is_made(monkeypatch):
     monkeypatch.setattr(footprint, "resident_bytes", lambda: 0)
     load = FittingLoader(lambda path: ColourModel(), None, no_trial)
     assert isinstance(load("models/colours/7"), ColourModel)
+
+
+def test_a_version_whose_upper_bound_fits_loads_without_a_trial(monkeypatch):
+    def no_trial(path):
+        raise AssertionError("the bound fits: no trial")
+
+    monkeypatch.setattr(footprint, "resident_bytes", lambda: 100 * MIB)
+    load = FittingLoader(lambda path: ColourModel(), 150 * MIB, no_trial, lambda path: 50 * MIB)
+    assert isinstance(load("models/colours/7"), ColourModel)
+
+
+def test_a_bound_that_does_not_fit_asks_the_trial(monkeypatch):
+    monkeypatch.setattr(footprint, "resident_bytes", lambda: 100 * MIB)
+    trials = []
+    load = FittingLoader(lambda path: ColourModel(), 150 * MIB,
+                         lambda path: trials.append(path) or 20 * MIB, lambda path: 60 * MIB)
+    assert isinstance(load("models/colours/7"), ColourModel) and trials == ["models/colours/7"]

@@ -124,3 +124,16 @@ def test_rolling_back_onto_the_canary_ends_the_canary():
                            history=({"stable": 2},))
     rolled_back = policy.rolled_back()
     assert rolled_back.stable == 2 and rolled_back.canary_version is None
+
+
+@pytest.mark.parametrize("kept, expected", [
+    (VersionPolicy(), (2, 4)),  # latest 1 would keep 5, the version rolled back from
+    (VersionPolicy("all"), (2, 4)),
+    (VersionPolicy("specific", versions=(1, 4, 5)), (1, 2, 4)),
+])
+def test_a_rollback_keeps_loaded_only_what_serves_or_was_listed(kept, expected):
+    policy = ServingPolicy(versions=kept, labels={"stable": 5, "canary": 4},
+                           canary=Canary(10, "split"), history=({"stable": 2},))
+    rolled_back = policy.rolled_back()
+    assert rolled_back.stable == 2 and rolled_back.canary_version == 4
+    assert rolled_back.versions == VersionPolicy("specific", versions=expected)
