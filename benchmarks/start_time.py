@@ -48,7 +48,7 @@ def first_answer_seconds(environment, url, image):
             if requests.post(url, data=image, headers={"Content-Type": "image/jpeg"},
                              timeout=5).status_code == 200:
                 return time.monotonic() - started
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(POLL_SECONDS)
     raise SystemExit("the api did not answer /predict within 120 s")
