@@ -18,6 +18,7 @@ from service import isolated_decoding
 from service.errors import as_api_error
 from service.images import ImageError, decode_image
 from tests import photo_files
+from tests.fuzz.runner import REGRESSIONS_DIR
 from tests.photo_files import avif, heif
 from tests.support import ROOT
 
@@ -183,3 +184,14 @@ def test_a_worker_that_decodes_a_heif_does_not_load_libheif_itself(tmp_path):
     answer = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     assert answer.split() == ["False", "False"]
+
+
+def test_every_malformed_photo_kept_as_a_regression_is_a_client_error():
+    # tests/fuzz/make_corpus.py writes them; tests/fuzz/test_regressions.py sends them to a
+    # running service as well.
+    paths = sorted(path for path in (REGRESSIONS_DIR / "decode_image").iterdir()
+                   if path.suffix in (".avif", ".heic"))
+    assert len(paths) >= 16
+    for path in paths:
+        status, _ = error_of(path.read_bytes())
+        assert 400 <= status < 500, path.name
