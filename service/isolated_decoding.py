@@ -30,10 +30,11 @@ from service.images import ImageError
 
 log = logging.getLogger("service.isolated_decoding")
 
-# The longest one image may take. A 12-megapixel HEIC takes about 0.3 s on one core, a
-# picture at the 40-million-pixel limit about four times that (docs/performance.md); more
-# than this is a file built to stall the decoder, refused so its worker thread is free again.
-TIMEOUT_SECONDS = 20
+# The longest one image may take. A 12-megapixel HEIC of 6.5 MB took 0.8-3.8 s on two
+# shared cores, a picture at the 40-million-pixel limit takes about three times that
+# (docs/performance.md); more than this is a file built to stall the decoder, refused so that
+# its worker thread is free again (gunicorn restarts a worker silent for 120 s).
+TIMEOUT_SECONDS = 30
 
 # A request: container ("AVIF" or "HEIF"), height, width, channels, max_pixels, data length.
 REQUEST = struct.Struct(">4sIIIQQ")

@@ -170,7 +170,7 @@ def test_an_image_that_stalls_the_decoder_is_refused_and_the_process_replaced(mo
     with pytest.raises(ImageError) as caught:
         decoder.decode(twelve_megapixel_heic(), "HEIF", 8, 8, 3, LIMIT)
     assert caught.value.kind == "undecodable" and decoder._child is None
-    monkeypatch.setattr(isolated_decoding, "TIMEOUT_SECONDS", 20)
+    monkeypatch.setattr(isolated_decoding, "TIMEOUT_SECONDS", 30)
     pixels = decoder.decode(avif(Image.new("RGB", (16, 16))), "AVIF", 8, 8, 3, LIMIT)
     assert pixels.shape == (8, 8, 3)
 
