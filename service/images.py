@@ -31,6 +31,12 @@ CONTAINER_BRANDS = {b"avif": "AVIF", b"avis": "AVIF",
 # the file unreadable).
 SPATIAL_EXTENTS = b"\x00\x00\x00\x14ispe"
 
+# Uncompressed pictures (ISO 23001-17: item type unci, configured by an uncC box), which no
+# phone or browser writes: the decoder for them in pi-heif's libheif 1.23.0 has a heap
+# overflow fixed in 1.23.3 (docs/security.md), so a HEIF whose metadata names one is refused
+# before libheif parses it.
+REFUSED_HEIF_ITEMS = (b"unci", b"uncC")
+
 # Transparent pixels are composited on white, the colour a viewer shows them on.
 BACKGROUND = (255, 255, 255)
 
@@ -74,9 +80,10 @@ def decode_image(data: bytes, height: int, width: int, channels: int,
         raise ImageError("empty", "The image is empty: send the bytes of a picture.")
     container = _container_format(data)
     if container is not None:
-        _check_declared_sizes(data, max_pixels)
+        _check_container(data, container, max_pixels)
         # libheif, libde265 and libavif parse the bytes in C, out of harm's way: a crash
         # there costs only this image (service/isolated_decoding.py, docs/security.md).
+        # Imported here because that module imports this one.
         from service.isolated_decoding import decode_isolated
 
         return decode_isolated(data, container, height, width, channels, max_pixels)
@@ -131,6 +138,13 @@ def _container_format(data):
     return "AVIF" if "AVIF" in named else "HEIF"
 
 
+def _check_container(data, container, max_pixels):
+    """What is checked of an AVIF or HEIF before any decoder parses it."""
+    _check_declared_sizes(data, max_pixels)
+    if container == "HEIF":
+        _check_heif_items(data)
+
+
 def _check_declared_sizes(data, max_pixels):
     """Refuse a HEIF or AVIF any of whose images declares more than `max_pixels` pixels."""
     start = data.find(SPATIAL_EXTENTS)
@@ -140,6 +154,23 @@ def _check_declared_sizes(data, max_pixels):
             raise ImageError("too_large", f"The image declares {width}x{height} pixels; "
                                           f"the limit is {max_pixels} pixels in all.")
         start = data.find(SPATIAL_EXTENTS, start + 1)
+
+
+def _check_heif_items(data):
+    """Refuse a HEIF whose metadata (its top-level meta box) names an uncompressed picture."""
+    offset, meta = 0, b""
+    while offset + 8 <= len(data) and not meta:
+        size, kind = int.from_bytes(data[offset:offset + 4], "big"), data[offset + 4:offset + 8]
+        if size == 1:  # a 64-bit size follows the type
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        elif size == 0:  # the box runs to the end of the file
+            size = len(data) - offset
+        if kind == b"meta":
+            meta = data[offset:offset + size]
+        offset += max(size, 8)
+    if any(item in meta for item in REFUSED_HEIF_ITEMS):
+        raise ImageError("unsupported", "This HEIF holds an uncompressed picture, which is not "
+                                        "read; send the photo as the camera wrote it.")
 
 
 def _contained_pixels(data, container, height, width, channels, max_pixels):

@@ -166,6 +166,7 @@ def malformed_photos():
         })
     broken["declares-another-size.heic"] = with_spatial_extents(heic, 64, 48)
     broken["heic-brand-on-av1.avif"] = with_brands(avif, b"heic")
+    broken["uncompressed-item.heic"] = heic.replace(b"hvc1", b"unci")
     return broken
 
 

@@ -195,3 +195,11 @@ def test_every_malformed_photo_kept_as_a_regression_is_a_client_error():
     for path in paths:
         status, _ = error_of(path.read_bytes())
         assert 400 <= status < 500, path.name
+
+
+def test_a_heif_that_names_an_uncompressed_picture_is_refused_before_libheif_reads_it():
+    data = heif(Image.new("RGB", (16, 16)))
+    assert data.count(b"hvc1") == 1  # the item type in the metadata
+    assert error_of(data.replace(b"hvc1", b"unci")) == (415, "unsupported_image")
+    # The same bytes past the metadata, in the coded picture, are only pixels.
+    assert decode(data + b"\0\0\0\x10freeunciuncC").shape == (8, 8, 3)

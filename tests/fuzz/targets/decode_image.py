@@ -32,7 +32,7 @@ def decode_contained_here(data):
     """An AVIF or HEIF decoded in this process too: decode_image hands them to a decoding
     process, where a crash of libheif or libavif is only a client error; here it is a finding."""
     container = images._container_format(data)
-    images._check_declared_sizes(data, MAX_PIXELS)
+    images._check_container(data, container, MAX_PIXELS)
     images._contained_pixels(data, container, 32, 32, 3, MAX_PIXELS)
 
 
