@@ -203,3 +203,23 @@ def test_a_heif_that_names_an_uncompressed_picture_is_refused_before_libheif_rea
     assert error_of(data.replace(b"hvc1", b"unci")) == (415, "unsupported_image")
     # The same bytes past the metadata, in the coded picture, are only pixels.
     assert decode(data + b"\0\0\0\x10freeunciuncC").shape == (8, 8, 3)
+
+
+def test_an_idle_decoding_process_leaves_and_the_next_image_starts_another(monkeypatch):
+    monkeypatch.setattr(isolated_decoding, "IDLE_SECONDS", 0.3)
+    decoder, data = isolated_decoding.DecodingProcess(), avif(Image.new("RGB", (16, 16)))
+    decoder.decode(data, "AVIF", 8, 8, 3, LIMIT)
+    first = decoder._child
+    assert first.wait(timeout=10) == 0  # it left on its own, having nothing to do
+    assert decoder.decode(data, "AVIF", 8, 8, 3, LIMIT).shape == (8, 8, 3)
+    assert decoder._child.pid != first.pid
+
+
+def test_an_image_sent_as_the_idle_process_leaves_goes_to_a_fresh_one(monkeypatch):
+    monkeypatch.setattr(isolated_decoding, "IDLE_SECONDS", 0.3)
+    decoder, data = isolated_decoding.DecodingProcess(), avif(Image.new("RGB", (16, 16)))
+    decoder.decode(data, "AVIF", 8, 8, 3, LIMIT)
+    decoder._child.wait(timeout=10)
+    # As if it had left between the check that it runs and the write of the image.
+    monkeypatch.setattr(decoder._child, "poll", lambda: None)
+    assert decoder.decode(data, "AVIF", 8, 8, 3, LIMIT).shape == (8, 8, 3)
