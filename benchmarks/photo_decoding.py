@@ -38,12 +38,12 @@ print(time.perf_counter() - start, rss() - before)
 """
 
 
-def photo(path):
-    """The picture to encode: the file at `path`, or a drawn photo-sized one."""
+def photo(path, noise):
+    """The picture to encode: the file at `path`, or a drawn photo-sized one with `noise`."""
     if path:
         return Image.open(path).convert("RGB")
     drawn = photo_files.twelve_megapixel_photo((200, 120, 60))
-    return Image.blend(drawn, Image.effect_noise(drawn.size, 40).convert("RGB"), 0.1)
+    return Image.blend(drawn, Image.effect_noise(drawn.size, 40).convert("RGB"), noise)
 
 
 def encoded(picture):
@@ -91,9 +91,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.photo_decoding",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--photo", help="a photo to encode (default: a drawn 4000x3000 one)")
+    parser.add_argument("--noise", type=float, default=0.1,
+                        help="the share of noise in the drawn photo (0.1: about 4 levels; "
+                             "more noise, larger files and slower decoding)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of every format (7)")
     args = parser.parse_args(argv)
-    picture = photo(args.photo)
+    picture = photo(args.photo, args.noise)
     files = encoded(picture)
     rows = decoders(files)
     for data, decode in rows.values():  # the decoding process starts, the code is warm
