@@ -223,3 +223,17 @@ def test_an_image_sent_as_the_idle_process_leaves_goes_to_a_fresh_one(monkeypatc
     # As if it had left between the check that it runs and the write of the image.
     monkeypatch.setattr(decoder._child, "poll", lambda: None)
     assert decoder.decode(data, "AVIF", 8, 8, 3, LIMIT).shape == (8, 8, 3)
+
+
+def test_training_reads_a_folder_of_avif_and_heic_photos(tmp_path):
+    from model_training.data import load_image_folder
+
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        (tmp_path / name).mkdir()
+        picture = Image.new("RGB", (24, 24), colour)
+        (tmp_path / name / "phone.heic").write_bytes(heif(picture))
+        (tmp_path / name / "browser.avif").write_bytes(avif(picture))
+    data = load_image_folder(str(tmp_path), image_size=8, channels=3)
+    assert data.skipped == [] and data.images.shape == (4, 8, 8, 3)
+    reds = data.images[data.labels == data.class_names.index("red")]
+    assert reds[..., 0].mean() > 180 and reds[..., 2].mean() < 80
