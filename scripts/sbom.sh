@@ -5,7 +5,9 @@
 # `docker compose --profile train build` tags them. Each SBOM goes to
 # $SBOM_DIR/<image>-<tag>.cdx.json (SBOM_DIR: build/sbom), and lists every distribution in
 # the image's /opt/venv with its version, licences and package URL; the image's id and
-# tag are in metadata.component. They are build outputs, not committed.
+# tag are in metadata.component. The C libraries a wheel bundles (its <name>.libs/ folder,
+# e.g. pi-heif's libheif and libde265) are listed inside that wheel's component, with their
+# licence where LICENSED below knows it (docs/security.md). They are build outputs, not committed.
 # The generator is cyclonedx-bom (cyclonedx-py), pinned in requirements-test.lock; it runs
 # in .venv (./run-tests makes it) on the images' package metadata, copied out of each
 # image with tar, so nothing is installed into an image or run from one but tar.
@@ -36,11 +38,27 @@ for image in "$@"; do
   "$python" -m cyclonedx_py environment --spec-version 1.6 --output-format JSON \
       --output-file "$file" "$work/env"
   # The image itself as the SBOM's subject.
-  "$python" - "$file" "$name" "$tag" "$id" <<'PY'
-import json, sys
-path, name, tag, image_id = sys.argv[1:]
+  "$python" - "$file" "$name" "$tag" "$id" "$site" <<'PY'
+import json, pathlib, re, sys
+path, name, tag, image_id, site = sys.argv[1:]
 with open(path) as file:
     bom = json.load(file)
+# Licences of the bundled libraries that the licence decision in docs/security.md is about.
+LICENSED = {"libheif": "LGPL-3.0-or-later", "libde265": "LGPL-3.0-or-later",
+            "libx265": "GPL-2.0-or-later", "libavif": "BSD-2-Clause"}
+for component in bom["components"]:
+    stem = re.sub(r"[-_.]+", "_", component["name"]).lower()
+    records = [info / "RECORD" for info in pathlib.Path(site).glob("*.dist-info")
+               if info.name.lower() == f"{stem}-{component['version']}.dist-info"]
+    lines = records[0].read_text().splitlines() if records and records[0].exists() else []
+    for line in lines:
+        bundled = re.match(r"[^/,]+\.libs/(lib[\w+.]*?)(?:-[0-9a-f]{8})+\.so[^/,]*", line)
+        if bundled:
+            library = {"type": "library", "bom-ref": f"{component['bom-ref']}|{bundled[0]}",
+                       "name": bundled[1], "description": f"bundled in the wheel: {bundled[0]}"}
+            if bundled[1] in LICENSED:
+                library["licenses"] = [{"license": {"id": LICENSED[bundled[1]]}}]
+            component.setdefault("components", []).append(library)
 bom["metadata"]["component"] = {
     "type": "container", "bom-ref": f"{name}:{tag}", "name": name, "version": tag,
     "description": "Python environment (/opt/venv) of the image",

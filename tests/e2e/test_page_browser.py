@@ -73,3 +73,32 @@ def test_an_uploaded_image_gets_labels_and_a_text_file_gets_an_error(service, pa
     origins = {f"{parts.scheme}://{parts.netloc}" for parts in map(urlsplit, requested)
                if parts.scheme in ("http", "https")}
     assert origins == {service.base_url}
+
+
+def test_a_heic_picked_and_an_avif_dropped_get_labels(service, page, tmp_path):
+    from tests import photo_files
+
+    picture = support.draw_picture(support.SHAPE_COLOURS["blue"], size=96, seed=5)
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(photo_files.heif(picture))
+    expect = sync_api.expect
+    page.goto(service.url("/"))
+    # The picker names the extensions too: some systems give these files no image/ type.
+    accepted = page.locator("#file").get_attribute("accept").split(",")
+    assert {"image/*", ".heic", ".heif", ".avif"} <= set(accepted)
+
+    page.set_input_files("#file", str(heic))
+    expect(page.locator("#labels .label")).to_have_count(3, timeout=30_000)
+    expect(page.locator("#file-name")).to_have_text("IMG_0001.HEIC")
+
+    # A drop carries the file as the browser read it from disk, with whatever type it has.
+    dropped = page.evaluate_handle(
+        """([name, bytes]) => {
+             const transfer = new DataTransfer();
+             transfer.items.add(new File([new Uint8Array(bytes)], name, {type: ""}));
+             return transfer;
+           }""", ["photo.avif", list(photo_files.avif(picture))])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#file-name")).to_have_text("photo.avif")
+    expect(page.locator("#labels .label")).to_have_count(3, timeout=30_000)
+    expect(page.locator("#error")).to_be_hidden()

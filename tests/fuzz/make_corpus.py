@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from tests.fuzz.runner import CORPUS_DIR
+from tests import photo_files
+from tests.fuzz.runner import CORPUS_DIR, REGRESSIONS_DIR
 
 ORIENTATION = 0x0112
 
@@ -108,7 +109,65 @@ def image_seeds():
         "exif-rotated.tif": save(picture("RGB"), "TIFF", tiffinfo={ORIENTATION: 6}),
         "two-pages.tif": save(picture("RGB"), "TIFF", save_all=True,
                               append_images=[picture("L")]),
+        **photo_seeds(),
     }
+
+
+def photo_seeds():
+    """{file name: bytes} of AVIF and HEIF files, as phones and browsers write them."""
+    return {
+        "photo.avif": photo_files.avif(picture("RGB", (16, 12))),
+        "rgba.avif": photo_files.avif(picture("RGBA", (16, 12))),
+        "grey.avif": photo_files.avif(picture("L", (16, 12))),
+        "turned.avif": photo_files.turned_both_ways(photo_files.avif, picture("RGB", (16, 12))),
+        "photo.heic": photo_files.heif(picture("RGB", (16, 12))),
+        "rgba.heic": photo_files.heif(picture("RGBA", (16, 12))),
+        "turned.heic": photo_files.turned_both_ways(photo_files.heif, picture("RGB", (16, 12))),
+        "primary-second.heic": photo_files.heif([picture("RGB"), picture("RGB").rotate(90)],
+                                                primary_index=1),
+        "ten-bit.heic": photo_files.high_bit_depth_heif(picture("RGB", (16, 12)), 10),
+    }
+
+
+def with_spatial_extents(data, width, height):
+    """`data` with the first image size it declares (its ispe box) replaced."""
+    start = data.index(b"ispe") + 8
+    return data[:start] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[start + 8:]
+
+
+def with_brands(data, brand):
+    """`data` with every brand of its ftyp box (major and compatible) replaced by `brand`."""
+    size = int.from_bytes(data[:4], "big")
+    return data[:8] + brand + data[12:16] + brand * ((size - 16) // 4) + data[size:]
+
+
+def flipped(data, box, count=8):
+    """`data` with `count` bytes inverted just after the start of its first `box`."""
+    start = data.index(box) + 4
+    return data[:start] + bytes(b ^ 0xFF for b in data[start:start + count]) + data[start + count:]
+
+
+def malformed_photos():
+    """{file name: bytes} of broken AVIF and HEIF files, each one a 4xx: the regressions of
+    the C decoders that atheris does not instrument (tests/fuzz/regressions/decode_image)."""
+    seeds = photo_seeds()
+    avif, heic = seeds["photo.avif"], seeds["photo.heic"]
+    broken = {}
+    for name, data in (("avif", avif), ("heic", heic)):
+        broken.update({
+            f"cut-in-the-ftyp.{name}": data[:20],
+            f"cut-in-the-meta.{name}": data[:120],
+            f"cut-in-half.{name}": data[:len(data) // 2],
+            f"last-bytes-cut.{name}": data[:-8],
+            f"declares-70000x70000.{name}": with_spatial_extents(data, 70000, 70000),
+            f"flipped-iloc.{name}": flipped(data, b"iloc"),
+            f"flipped-ftyp-size.{name}": b"\xff\xff\xff\xff" + data[4:],
+            f"mp4-brands.{name}": with_brands(data, b"isom"),
+        })
+    broken["declares-another-size.heic"] = with_spatial_extents(heic, 64, 48)
+    broken["heic-brand-on-av1.avif"] = with_brands(avif, b"heic")
+    broken["uncompressed-item.heic"] = heic.replace(b"hvc1", b"unci")
+    return broken
 
 
 def multipart(parts, boundary="fuzzbound"):
@@ -252,6 +311,9 @@ def main():
         for name, data in seeds.items():
             (folder / name).write_bytes(data)
         print(f"{folder}: {len(seeds)} seeds, {sum(map(len, seeds.values()))} bytes")
+    # Regressions hold what the fuzzer found too: only these files are written over.
+    for name, data in malformed_photos().items():
+        (REGRESSIONS_DIR / "decode_image" / name).write_bytes(data)
 
 
 if __name__ == "__main__":
