@@ -20,8 +20,8 @@ import time
 
 from PIL import Image
 
-from service.runtime import images, isolated_decoding
 from service.config import Settings
+from service.runtime import images, isolated_decoding
 from tests import photo_files
 
 MAX_PIXELS = Settings.max_image_pixels  # the service's default MAX_IMAGE_PIXELS

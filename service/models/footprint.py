@@ -104,11 +104,11 @@ def trial_load(path: str, warm_batch_size: int, threads: int, all_core_threads: 
         raise ModelLoadError(f"a trial load took over {TRIAL_TIMEOUT_SECONDS} s") from None
     if finished.returncode == UNUSABLE:
         raise ModelLoadError(finished.stderr.strip().splitlines()[-1])
+    if finished.returncode == -9:  # the kernel's OOM killer, which takes the child first
+        raise ModelTooLargeError("it would not fit: a trial load of it was killed for memory")
     if finished.returncode != 0:
-        # -9: the kernel's OOM killer, which takes the child first.
-        why = ("it was killed for memory" if finished.returncode == -9
-               else f"it exited with status {finished.returncode}")
-        raise ModelLoadError(f"a trial load of it failed: {why}")
+        raise ModelLoadError(f"a trial load of it failed: it exited with status "
+                             f"{finished.returncode}")
     return int(json.loads(finished.stdout.strip().splitlines()[-1])["bytes"])
 
 
@@ -169,22 +169,37 @@ class FittingLoader:
         """The loaded version (ModelLoadError when it is unusable or would not fit)."""
         bound = self._bound(path)
         if self.share is not None and not (0 < bound <= self.share - resident_bytes()):
+            least = 2 * _file_bytes(path)  # the file read in, and one packed copy of it
+            if least > self.share - resident_bytes():  # no trial: it cannot fit
+                self._refuse(least, resident_bytes())
             needed, held = self._trial(path), resident_bytes()
             log.info("a trial load of %s needs %.1f MiB; this worker holds %.1f of its %.1f MiB",
                      path, needed / MIB, held / MIB, self.share / MIB,
                      extra={"event": "model_trial_load", "needed_bytes": needed,
                             "held_bytes": held, "share_bytes": self.share})
             if held + needed > self.share:
-                raise ModelTooLargeError(
-                    f"it would not fit: it needs {needed / MIB:.0f} MiB in each worker, and "
-                    f"this worker holds {held / MIB:.0f} MiB of its {self.share / MIB:.0f} MiB "
-                    f"share of the memory limit; raise the limit (or MEMORY_LIMIT_MB), keep "
-                    f"fewer versions loaded, or serve a smaller model")
+                self._refuse(needed, held)
         before = resident_bytes()
         model = self._load(path)
         # What the load added here; other threads allocate meanwhile, so it is a reading.
         model.memory_bytes = max(0, resident_bytes() - before)
         return model
+
+
+    def _refuse(self, needed: int, held: int) -> None:
+        raise ModelTooLargeError(
+            f"it would not fit: it needs {needed / MIB:.0f} MiB in each worker, and this "
+            f"worker holds {held / MIB:.0f} MiB of its {self.share / MIB:.0f} MiB share of the "
+            f"memory limit; raise the limit (or MEMORY_LIMIT_MB), keep fewer versions loaded, "
+            f"or serve a smaller model")
+
+
+def _file_bytes(path: str) -> int:
+    """The size of the version's model.tflite (0 when it cannot be read)."""
+    try:
+        return os.path.getsize(os.path.join(path, TFLITE_FILE))
+    except OSError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

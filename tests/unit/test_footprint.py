@@ -91,3 +91,16 @@ def test_a_bound_that_does_not_fit_asks_the_trial(monkeypatch):
     load = FittingLoader(lambda path: ColourModel(), 150 * MIB,
                          lambda path: trials.append(path) or 20 * MIB, lambda path: 60 * MIB)
     assert isinstance(load("models/colours/7"), ColourModel) and trials == ["models/colours/7"]
+
+
+def test_a_file_twice_larger_than_what_is_left_is_refused_without_a_trial(monkeypatch,
+                                                                         tmp_path):
+    (tmp_path / "model.tflite").write_bytes(bytes(30 * MIB))
+
+    def no_trial(path):
+        raise AssertionError("it cannot fit: no trial")
+
+    monkeypatch.setattr(footprint, "resident_bytes", lambda: 100 * MIB)
+    load = FittingLoader(lambda path: ColourModel(), 150 * MIB, no_trial, lambda path: 0)
+    with pytest.raises(ModelTooLargeError, match="needs 60 MiB"):
+        load(str(tmp_path))

@@ -14,8 +14,8 @@ import pi_heif
 import pytest
 from PIL import Image
 
-from service.runtime import isolated_decoding
 from service.http.errors import as_api_error
+from service.runtime import isolated_decoding
 from service.runtime.images import ImageError, decode_image
 from tests import photo_files
 from tests.fuzz.runner import REGRESSIONS_DIR
