@@ -229,6 +229,9 @@ def _schemas(max_images):
             "state": {"type": "string", "enum": ["ready", "unavailable"]},
             "labels": {"type": "array", "items": string},
             "loaded_at": {"type": "string", "format": "date-time"},
+            "memory_bytes": {"type": "integer", "minimum": 0,
+                             "description": "What loading it added to the worker that "
+                                            "answered (resident memory)."},
             "reason": string}}
     shape = _object({"height": {"type": "integer"}, "width": {"type": "integer"},
                      "channels": {"type": "integer"}})
