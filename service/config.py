@@ -51,6 +51,23 @@ class Settings:
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
+    # The prediction store (service/store/): empty is off; a folder holds an embedded SQLite
+    # database (a local disk, never a network file system: SQLite's locks do not hold there);
+    # a postgresql:// URL serves replicas on many nodes.
+    prediction_store: str = ""
+    # The share of images whose bytes are kept (once per sha256), chosen by the image's hash.
+    prediction_store_sample: float = 0.1
+    # What may wait for the writer in each process; a record beyond either is dropped and
+    # counted. Bytes bound it because kept images may be as large as MAX_REQUEST_BYTES.
+    prediction_store_queue_records: int = 10_000
+    prediction_store_queue_bytes: int = 64 * 1024 * 1024
+    prediction_store_retention_days: float = 30.0
+    # Beyond it, the oldest predictions go first; 0: no quota (the retention alone bounds it).
+    prediction_store_quota_bytes: int = 5 * 1024 * 1024 * 1024
+    # 1: keep each prediction's client address (the one trusted_proxy_hops gives); 0: never.
+    prediction_store_client_addresses: int = 0
+    # Items in one POST /feedback.
+    feedback_max_items: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -83,6 +100,7 @@ class Settings:
         if self.grpc_workers and self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
                                 "GRPC_WORKERS=0 to turn gRPC off")
+        self._check_store()
         if self.pin_workers not in (0, 1):
             raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
         if self.model_poll_seconds <= 0:
@@ -94,6 +112,25 @@ class Settings:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical, "
                                 f"not {self.log_level!r}")
+
+    def _check_store(self) -> None:
+        """Refuse prediction store settings that cannot work."""
+        if not 0 <= self.prediction_store_sample <= 1:
+            raise SettingsError("PREDICTION_STORE_SAMPLE must be a share from 0 to 1, not "
+                                f"{self.prediction_store_sample}")
+        for name in ("prediction_store_queue_records", "prediction_store_queue_bytes",
+                     "feedback_max_items"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1")
+        if self.prediction_store_retention_days <= 0:
+            raise SettingsError("PREDICTION_STORE_RETENTION_DAYS must be above 0")
+        if self.prediction_store_quota_bytes < 0:
+            raise SettingsError("PREDICTION_STORE_QUOTA_BYTES must not be negative (0: none)")
+        if self.prediction_store_client_addresses not in (0, 1):
+            raise SettingsError("PREDICTION_STORE_CLIENT_ADDRESSES must be 1 (keep) or 0")
+        if "://" in self.prediction_store and not self.prediction_store.startswith(
+                ("postgresql://", "postgres://")):
+            raise SettingsError("PREDICTION_STORE is a folder (SQLite) or a postgresql:// URL")
 
     @property
     def requires_api_key(self) -> bool:

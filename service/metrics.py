@@ -78,6 +78,16 @@ API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none re
 API_KEY_RELOADS = Counter("api_key_file_reloads_total",
                           "Reads of API_KEY_FILE, at start and after each change, by outcome.",
                           ["outcome"])
+STORE_WRITTEN = Counter("prediction_store_records_written_total",
+                        "Predictions written to the prediction store.", ["model"])
+STORE_DROPPED = Counter("prediction_store_records_dropped_total",
+                        "Records the prediction store did not keep: its queue was full, or the "
+                        "write failed (database down, locked, full or read-only).",
+                        ["model", "reason"])
+FEEDBACK = Counter("feedback_total",
+                   "Feedback taken (each prediction's first true class), by the version that "
+                   "answered and whether its top-1 label was the true class: the live "
+                   "accuracy's counts.", [*MODEL, "outcome"])
 
 
 def version_label(route: "Route") -> str:
@@ -116,6 +126,22 @@ def count_shadow(name: str, shadow: "ServingModel", stable_version: int, agreed:
 def count_shadow_skipped(name: str, shadow: "ServingModel", reason: str) -> None:
     """Count a copy the shadow version did not classify, and why (queue_full or failed)."""
     SHADOW_SKIPPED.labels(name, str(shadow.version), reason).inc()
+
+
+def count_store_written(model: str) -> None:
+    """Count a prediction written to the store."""
+    STORE_WRITTEN.labels(model).inc()
+
+
+def count_store_dropped(model: str, reason: str) -> None:
+    """Count a record the store did not keep, and why (queue_full or write_failed)."""
+    STORE_DROPPED.labels(model, reason).inc()
+
+
+def count_feedback(model: str, version: int, label: str | None, correct: bool) -> None:
+    """Count a prediction's first true class: right (its top-1) or wrong."""
+    FEEDBACK.labels(model, str(version), label or "none",
+                    "correct" if correct else "wrong").inc()
 
 
 def record_model_load(name: str, model: "ServingModel", seconds: float) -> None:
