@@ -19,6 +19,7 @@ from service.models.shadow import ShadowRunner
 from service.request_log import register_request_logging
 from service.routes import blueprint
 from service.security_headers import register_security_headers
+from service.store.recorder import recorder_from
 from service.worker_activity import activity, register_worker_activity
 
 
@@ -55,7 +56,11 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000,
                       on_batch=metrics.BATCH_SIZE.observe, may_use_all_cores=activity.others_idle)
     app.extensions["batcher"] = batcher
-    app.extensions["shadow"] = ShadowRunner(batcher.submit)
+    # Nothing is opened here: the writer thread and its connection start with the first
+    # prediction, in the worker that makes it (gunicorn forks before).
+    recorder = recorder_from(settings)
+    app.extensions["prediction_recorder"] = recorder
+    app.extensions["shadow"] = ShadowRunner(batcher.submit, recorder=recorder)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)
