@@ -68,6 +68,9 @@ class Settings:
     prediction_store_client_addresses: int = 0
     # Items in one POST /feedback.
     feedback_max_items: int = 100
+    # `release promote --require-evidence` wants at least this much feedback on stable and
+    # on the canary before it weighs them (service/models/release.py).
+    release_min_feedback: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -119,7 +122,7 @@ class Settings:
             raise SettingsError("PREDICTION_STORE_SAMPLE must be a share from 0 to 1, not "
                                 f"{self.prediction_store_sample}")
         for name in ("prediction_store_queue_records", "prediction_store_queue_bytes",
-                     "feedback_max_items"):
+                     "feedback_max_items", "release_min_feedback"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")
         if self.prediction_store_retention_days <= 0:

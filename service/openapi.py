@@ -305,7 +305,7 @@ def _schemas(max_images):
                                  "loaded_at": {"type": "string", "format": "date-time"}}),
                       "description": "What a client needs of metadata.json: the training "
                                      "command and paths stay on disk."},
-        "ModelStatus": _object({
+        "ModelStatus": _with_optional(_object({
             "name": string, "state": string, "reason": string,
             "versions": {"type": "array", "items": version_status},
             "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -319,7 +319,17 @@ def _schemas(max_images):
                            "source": {"type": "string", "enum": ["file", "default"]},
                            "problem": string}},
             "classes": {"type": "array", "items": string, "nullable": True},
-            "input": {**shape, "nullable": True}}),
+            "input": {**shape, "nullable": True}}), live_accuracy={
+                "type": "array", "nullable": True, "items": _object({
+                    "version": {"type": "integer", "minimum": 1},
+                    "version_label": string,
+                    "labelled": {"type": "integer", "minimum": 1},
+                    "correct": {"type": "integer", "minimum": 0},
+                    "interval_95": {"type": "array", "items": {"type": "number"},
+                                    "minItems": 2, "maxItems": 2, "nullable": True}}),
+                "description": "With the prediction store on (GET /models/{name} only): each "
+                               "version's feedback by label, as counts with Wilson's 95% "
+                               "interval of the share right; null while the store is down."}),
         "Models": _object({"default": string,
                            "models": {"type": "array",
                                       "items": {"$ref": "#/components/schemas/ModelStatus"}}}),

@@ -17,6 +17,8 @@ from service.serving import (
     settings,
     stable_version,
 )
+from service.store.accuracy import live_accuracy
+from service.store.database import StoreSchemaError, StoreUnavailableError
 from service.store.feedback import give_feedback, key_id, parse_feedback
 from service.uploads import read_uploads
 
@@ -138,8 +140,20 @@ def models_info() -> Response:
 
 @blueprint.get("/models/<name>")
 def one_model_info(name: str) -> Response:
-    """One model as /models describes it."""
-    return jsonify(repository().model(name).describe())
+    """One model as /models describes it; with the prediction store on, each version's live
+    accuracy by label, as counts (service/store/accuracy.py)."""
+    described = repository().model(name).describe()
+    recorder = serving_of(current_app).recorder
+    if recorder is not None:
+        try:
+            found = live_accuracy(recorder.database, name)
+        except (StoreUnavailableError, StoreSchemaError):
+            described["live_accuracy"] = None  # the store is down: no counts, no error
+        else:
+            described["live_accuracy"] = [
+                {"version": version, "version_label": label, **counts.describe()}
+                for (_, version, label), counts in sorted(found.items())]
+    return jsonify(described)
 
 
 @blueprint.get("/metrics")

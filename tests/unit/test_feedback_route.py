@@ -165,3 +165,16 @@ def test_feedback_needs_the_key_and_keeps_only_its_hash(with_store):
                 {"X-API-Key": KEY}).status_code == 200
     assert rows(client, "SELECT key_id FROM feedback") == [(key_id(KEY),)]
     assert KEY not in json.dumps(rows(client, "SELECT * FROM feedback"))
+
+
+def test_the_model_shows_live_accuracy_as_counts(with_store, make_client):
+    client = with_store()
+    ids = [item["prediction_id"] for item in
+           predict(client, images=(RED, GREEN, RED)).get_json()["predictions"]]
+    send(client, [{"prediction_id": ids[0], "class": "red"},
+                  {"prediction_id": ids[1], "class": "red"}])
+    described = client.get("/models/colours").get_json()
+    assert described["live_accuracy"] == [{"version": 7, "version_label": "stable",
+                                           "labelled": 2, "correct": 1,
+                                           "interval_95": [0.0945, 0.9055]}]
+    assert "live_accuracy" not in make_client().get("/models/colours").get_json()
