@@ -213,3 +213,23 @@ def test_the_shipped_digits_model_is_retrained_from_scikit_learns_package(tmp_pa
     assert metadata["dataset"]["test_images"] == 180
     # The shipped version's 0.9889 is 178 of 180; a retrain lands within a few images of it.
     assert metadata["metrics"]["test_accuracy"] >= 0.95
+
+
+def test_training_on_a_base_set_plus_exported_feedback(shapes_dataset, tmp_path):
+    # The feedback folder holds only some classes, and one picture of the base set again:
+    # the classes are the union, and the picture counts once.
+    feedback = tmp_path / "feedback"
+    (feedback / "red").mkdir(parents=True)
+    for index in range(6):
+        support.draw_picture(support.SHAPE_COLOURS["red"], 24, seed=5000 + index).save(
+            feedback / "red" / f"{index}.png")
+    repeated = sorted((shapes_dataset / "red").iterdir())[0]
+    (feedback / "red" / repeated.name).write_bytes(repeated.read_bytes())
+    folder = support.train_tiny_model(shapes_dataset, tmp_path / "models", "--data-dir",
+                                      str(feedback), "--name", "shapes")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["classes"] == ["blue", "green", "red"]
+    assert metadata["dataset"]["folders"] == [str(shapes_dataset), str(feedback)]
+    assert metadata["dataset"]["source"] == str(shapes_dataset)
+    split = metadata["dataset"]
+    assert split["train_images"] + split["validation_images"] + split["test_images"] == 90 + 6
