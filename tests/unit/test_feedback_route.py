@@ -178,3 +178,14 @@ def test_the_model_shows_live_accuracy_as_counts(with_store, make_client):
                                            "labelled": 2, "correct": 1,
                                            "interval_95": [0.0945, 0.9055]}]
     assert "live_accuracy" not in make_client().get("/models/colours").get_json()
+
+
+def test_a_store_that_is_down_never_fails_a_prediction(make_client):
+    client = make_client(prediction_store="postgresql://nobody@127.0.0.1:9/none")
+    answer = predict(client)
+    assert answer.status_code == 200 and answer.get_json()["predictions"][0]["prediction_id"]
+    refused = send(client, {"prediction_id": "x", "class": "red"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.get_json()["error"]["code"] == "prediction_store_unavailable"
+    assert "127.0.0.1" not in refused.get_data(as_text=True)
+    assert client.get("/models/colours").get_json()["live_accuracy"] is None
