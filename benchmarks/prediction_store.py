@@ -16,13 +16,19 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+import time
 import urllib.request
+
+import numpy as np
 
 from benchmarks.processes import Server
 from benchmarks.release_policies import copy_models, measure, spread
 from benchmarks.run_benchmark import prepare_images
 from benchmarks.sample import image_parser
-from service.store.database import SQLITE_FILE
+from service.models.inference import ServingModel
+from service.models.routing import Route
+from service.store.database import SQLITE_FILE, Database
+from service.store.recorder import Origin, PredictionRecorder
 
 SIDES = ("store off", "store on")
 OPTIONS = (("--models", str, "models", "models folder to copy"),
@@ -31,7 +37,8 @@ OPTIONS = (("--models", str, "models", "models folder to copy"),
            ("--seconds", int, 10, "seconds per run"),
            ("--rounds", int, 3, "runs of each side"),
            ("--sample-share", float, 0.1, "PREDICTION_STORE_SAMPLE of the store-on side"),
-           ("--port", int, 18120, "the store-off service's port; the other has the next"))
+           ("--port", int, 18120, "the store-off service's port; the other has the next"),
+           ("--cost-only", int, 0, "1: only the in-process cost per record, no services"))
 
 
 def parse_args(argv):
@@ -72,6 +79,9 @@ def main(argv=None):
     image_list, _ = prepare_images(args, work)
     models_dir = os.path.join(work, "models")
     copy_models(args.models, models_dir, [args.model_name])
+    record_cost(models_dir, args, image_list, work)
+    if args.cost_only:
+        return
     store = os.path.join(work, "store")
     settings = {"store off": {"MODEL_NAME": args.model_name},
                 "store on": {"MODEL_NAME": args.model_name, "PREDICTION_STORE": store,
@@ -102,6 +112,32 @@ def main(argv=None):
           f"{size / 2 ** 20:.1f} MiB on disk; {written:.0f} records written, {dropped:.0f} "
           "dropped")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def record_cost(models_dir, args, image_list, work, count=5000):
+    """The store's CPU time per image in one process: on the request thread (ids, hash,
+    queue) and on the writer thread (rank, encode, insert), from thread CPU clocks."""
+    folder = os.path.join(models_dir, args.model_name)
+    version = max(int(name) for name in os.listdir(folder) if name.isdigit())
+    model = ServingModel(os.path.join(folder, str(version)), threads=1, all_core_threads=1)
+    with open(image_list, encoding="utf-8") as file:
+        encoded = [open(path.strip(), "rb").read() for path in file][:1000]
+    recorder = PredictionRecorder(Database(os.path.join(work, "cost-store")), args.sample_share,
+                                  count + 1, 1 << 30, 30, 0)
+    route = Route(args.model_name, model, "stable")
+    scores = np.random.default_rng(0).dirichlet(np.ones(len(model.classes)), 1).astype(np.float32)
+    pixels = np.zeros((1, *model.input_shape), np.uint8)
+    started = time.thread_time()
+    for index in range(count):
+        recorder.record(route, pixels, scores, Origin("/predict", "r", time.perf_counter(),
+                                                      [encoded[index % len(encoded)]]))
+    request_seconds = time.thread_time() - started
+    process_started = time.process_time()
+    assert recorder.flush(timeout=600)
+    writer_seconds = time.process_time() - process_started
+    print(f"in process, {count} records ({args.sample_share:.0%} of images kept): "
+          f"{request_seconds / count * 1e6:.1f} us CPU per image on the request thread, "
+          f"{writer_seconds / count * 1e6:.1f} us per image on the writer thread", flush=True)
 
 
 def report(figures, args):

@@ -10,6 +10,7 @@ from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
 from service.cpus import service_cores
+from service.drift import DriftMonitor
 from service.errors import register_error_handlers
 from service.inference_protocol import blueprint as inference_protocol
 from service.json_log import configure_logging
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     # prediction, in the worker that makes it (gunicorn forks before).
     recorder = recorder_from(settings)
     app.extensions["prediction_recorder"] = recorder
+    app.extensions["drift"] = DriftMonitor(settings.drift_window)
     app.extensions["shadow"] = ShadowRunner(batcher.submit, recorder=recorder)
     register_worker_activity(app)
     register_error_handlers(app)

@@ -68,6 +68,9 @@ class Settings:
     prediction_store_client_addresses: int = 0
     # Items in one POST /feedback.
     feedback_max_items: int = 100
+    # Answers per version each worker compares with the version's held-out test images, for
+    # the drift gauges (service/drift.py); 0 turns drift off.
+    drift_window: int = 1000
     # `release promote --require-evidence` wants at least this much feedback on stable and
     # on the canary before it weighs them (service/models/release.py).
     release_min_feedback: int = 200
@@ -94,7 +97,8 @@ class Settings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops", "grpc_workers"):
+        for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops", "grpc_workers",
+                     "drift_window"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
         for name in ("port", "grpc_port"):

@@ -88,6 +88,13 @@ FEEDBACK = Counter("feedback_total",
                    "Feedback taken (each prediction's first true class), by the version that "
                    "answered and whether its top-1 label was the true class: the live "
                    "accuracy's counts.", [*MODEL, "outcome"])
+DRIFT_PSI = Gauge("model_drift_psi",
+                  "Population stability index of a version's last answers in each worker against "
+                  "its held-out test images: the top-1 class mix, or the top-1 confidence.",
+                  ["model", "version", "aspect"], multiprocess_mode="liveall")
+DRIFT_WINDOW = Gauge("model_drift_window_images",
+                     "Answers in the drift window the PSI was computed on, per worker.",
+                     ["model", "version"], multiprocess_mode="liveall")
 
 
 def version_label(route: "Route") -> str:
@@ -142,6 +149,14 @@ def count_feedback(model: str, version: int, label: str | None, correct: bool) -
     """Count a prediction's first true class: right (its top-1) or wrong."""
     FEEDBACK.labels(model, str(version), label or "none",
                     "correct" if correct else "wrong").inc()
+
+
+def record_drift(model: str, version: int, window: int, class_psi: float,
+                 confidence_psi: float) -> None:
+    """Set a version's drift gauges (service/drift.py)."""
+    DRIFT_PSI.labels(model, str(version), "class_mix").set(class_psi)
+    DRIFT_PSI.labels(model, str(version), "confidence").set(confidence_psi)
+    DRIFT_WINDOW.labels(model, str(version)).set(window)
 
 
 def record_model_load(name: str, model: "ServingModel", seconds: float) -> None:

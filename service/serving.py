@@ -16,6 +16,7 @@ from service import metrics
 from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
+from service.drift import DriftMonitor
 from service.errors import ApiError
 from service.images import decode_image
 from service.models.inference import ServingModel
@@ -42,6 +43,7 @@ class Serving:
     keys: ApiKeys
     # None while the prediction store is off (PREDICTION_STORE empty).
     recorder: PredictionRecorder | None = None
+    drift: DriftMonitor = DriftMonitor(0)
 
     def key_is_valid(self, offered: Iterable[str]) -> bool:
         """Whether a request that offers these keys may classify: none is required, or one
@@ -78,6 +80,7 @@ class Serving:
         if chosen.shadow is not None:
             self.shadow.offer(chosen, images, probabilities, ids)
         metrics.count_classified(chosen, probabilities)
+        self.drift.observe(chosen.name, chosen.model, probabilities)
         return probabilities, ids
 
     def decode_batch(self, encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
@@ -92,7 +95,7 @@ def serving_of(app: Flask) -> Serving:
     """The Serving that `app` was created with (service/app.py)."""
     return Serving(app.config["SETTINGS"], app.extensions["model_repository"],
                    app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"],
-                   app.extensions.get("prediction_recorder"))
+                   app.extensions.get("prediction_recorder"), app.extensions["drift"])
 
 
 def offered_keys(authorization: str, api_key: str) -> list[str]:

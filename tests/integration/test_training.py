@@ -34,6 +34,11 @@ def test_a_version_is_published_with_model_metadata_and_pictures(trained_models)
     assert 0 <= metadata["metrics"]["test_accuracy"] <= 1
     assert set(metadata["metrics"]["per_class_accuracy"]) <= set(metadata["classes"])
     assert metadata["dataset"]["test_images"] == 18
+    reference = metadata["drift_reference"]
+    assert reference["images"] == 18 and len(reference["class_mix"]) == 3
+    assert sum(reference["class_mix"]) == pytest.approx(1, abs=1e-5)
+    assert sum(reference["confidence"]) == pytest.approx(1, abs=1e-5)
+    assert "prediction_profile" not in metadata["metrics"]
     training = metadata["training"]
     assert training["epochs_run"] >= 1 and 1 <= training["best_epoch"] <= training["epochs_run"]
     assert training["seconds"] > 0 and training["early_stopping"]["restore_best_weights"]
