@@ -1,6 +1,8 @@
 """The prediction store in the real service: gunicorn's HTTP and gRPC workers record after the
 fork, every face answers with prediction ids (Triton's clients read them), feedback takes them."""
 
+import json
+import re
 import sqlite3
 
 import numpy as np
@@ -64,3 +66,75 @@ def test_every_face_records_and_feedback_closes_the_loop(start_service, models_d
     assert "prediction_store_records_written_total" in metrics
     assert 'feedback_total{model="shapes"' in metrics
     assert '"status": 500' not in service.log()
+
+
+def send_pictures(service, path, pictures):
+    """POST each picture to `path`; [(prediction id, answered label)]."""
+    answers = []
+    for picture in pictures:
+        answer = requests.post(service.url(path), timeout=30, files=[
+            ("file", ("p.png", support.encode(picture, "PNG")))]).json()
+        answers.append((answer["predictions"][0]["prediction_id"],
+                        answer["predictions"][0]["label"]))
+    return answers
+
+
+def correct(service, answers, truths):
+    """Send the true classes, in lists of up to 100."""
+    items = [{"prediction_id": prediction_id, "class": truth}
+             for (prediction_id, _), truth in zip(answers, truths, strict=True)]
+    for start in range(0, len(items), 100):
+        taken = requests.post(service.url("/feedback"), json=items[start:start + 100], timeout=60)
+        assert taken.status_code == 200, taken.text
+
+
+def cifar_sized(count, seed):
+    """`count` 32x32 pictures of random colours and their classes."""
+    colours = sorted(support.SHAPE_COLOURS)
+    classes = [colours[(seed + index) % 3] for index in range(count)]
+    return [support.draw_picture(support.SHAPE_COLOURS[name], 32, seed + index)
+            for index, name in enumerate(classes)], classes
+
+
+def test_the_loop_from_recorded_predictions_to_a_canary_judged_by_feedback(
+        start_service, models_dir, shapes_dataset, tmp_path, capsys):
+    from model_training import dataset
+    from service.models import release
+
+    store = str(tmp_path / "store")
+    # The default share of images kept (10%), not everything.
+    service = start_service(models_dir, prediction_store=store, model_poll_seconds=1)
+    # 1-2. Version 1 serves; its predictions are recorded; feedback corrects them.
+    pictures, classes = cifar_sized(240, 0)
+    first = send_pictures(service, "/predict", pictures)
+    correct(service, first, classes)
+    # 3. Export, then train version 2 on the base set plus the feedback.
+    exported = tmp_path / "feedback"
+    assert dataset.main(["export", "--store", store, "--output", str(exported)]) == 0
+    manifest = json.loads((exported / dataset.MANIFEST).read_text())
+    assert 5 <= len(manifest["images"]) <= 60  # about a tenth of 240 distinct pictures
+    assert {entry["class"] for entry in manifest["images"]} <= set(classes)
+    # 4-5. The gate runs against a trusted test folder; version 2 becomes the canary.
+    trusted = support.make_image_folder(tmp_path / "trusted", per_class=8, size=32)
+    support.train_tiny_model(shapes_dataset, models_dir, "--data-dir", str(exported),
+                             "--name", "shapes", "--test-dir", str(trusted),
+                             "--release", "canary", "--canary-percent", "50",
+                             "--gate-margin", "0.5")
+    assert "release gate: version 2" in capsys.readouterr().out
+    support.poll(lambda: (requests.get(service.url("/models/shapes"), timeout=10).json()
+                          .get("canary") or {}).get("version") == 2, 60, service.log)
+    # 6. Feedback on both versions; release status shows both live accuracies.
+    for label, seed in (("stable", 1000), ("canary", 2000)):
+        pictures, classes = cifar_sized(30, seed)
+        answers = send_pictures(service, f"/models/shapes/labels/{label}/predict", pictures)
+        correct(service, answers, classes)
+    assert release.main(["--models-dir", str(models_dir), "--store", store, "status",
+                         "shapes"]) == 0
+    status = capsys.readouterr().out
+    assert "live accuracy (feedback in the prediction store; stable 1, canary 2):" in status
+    assert re.search(r"stable: \d+/270 right, 95% interval", status), status
+    assert re.search(r"canary: \d+/30 right, 95% interval", status), status
+    described = requests.get(service.url("/models/shapes"), timeout=10).json()
+    counted = {(entry["version"], entry["version_label"]): entry["labelled"]
+               for entry in described["live_accuracy"]}
+    assert counted == {(1, "stable"): 270, (2, "canary"): 30}
