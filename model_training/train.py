@@ -49,10 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m model_training.train",
         description="Train the image classifier and publish it as models/<name>/<version>/.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", action="append",
-                        help="folder of class subfolders of images; give it again to train on "
-                             "several (e.g. the base set and `model_training.dataset export`'s "
-                             "feedback), their classes joined")
+    source.add_argument("--data-dir", action="append", help="folder of class subfolders of "
+                        "images; repeat it for several (e.g. base set + exported feedback)")
     source.add_argument("--dataset", choices=datasets.KERAS_DATASETS + datasets.PACKAGED_DATASETS,
                         help="a keras.datasets dataset (downloaded once), or digits: "
                              "scikit-learn's 8x8 handwritten digits, inside its package")

@@ -50,6 +50,24 @@ ERROR_STATUSES = {
 }
 
 
+# Parts of answers that only the prediction store adds (service/store/).
+PREDICTION_ID = {"type": "string", "description": "With the prediction store on: this "
+                 "prediction's id, for POST /feedback."}
+LIVE_ACCURACY = {
+    "type": "array", "nullable": True, "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["version", "version_label", "labelled", "correct", "interval_95"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1}, "version_label": {"type": "string"},
+            "labelled": {"type": "integer", "minimum": 1},
+            "correct": {"type": "integer", "minimum": 0},
+            "interval_95": {"type": "array", "items": {"type": "number"}, "minItems": 2,
+                            "maxItems": 2, "nullable": True}}},
+    "description": "With the prediction store on (GET /models/{name} only): each version's "
+                   "feedback by label, as counts with Wilson's 95% interval of the share "
+                   "right; null while the store is down."}
+
+
 def openapi_document(settings: Settings, models: "ModelRepository | None" = None) -> dict:
     """Describe every route, request form, answer and error of this service.
 
@@ -95,7 +113,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
             **_inference_protocol_paths(settings),
         },
         "components": {
-            "schemas": {**_schemas(settings.max_images_per_request),
+            "schemas": {**_schemas(settings.max_images_per_request), **_feedback_schemas(),
                         **_inference_protocol_schemas()},
             "responses": {**{name: _json(description, "Error")
                              for name, description in ERROR_STATUSES.items()},
@@ -281,17 +299,7 @@ def _schemas(max_images):
                              "description": "The multipart file name; null for other forms."},
                 "label": string, "confidence": confidence,
                 "top_k": {"type": "array", "minItems": 1, "items": ranked}}),
-                prediction_id={"type": "string", "description": "With the prediction store "
-                               "on: this prediction's id, for POST /feedback."})}}),
-        "FeedbackItem": _object({
-            "prediction_id": {"type": "string", "minLength": 1, "maxLength": 200},
-            "class": {"type": "string", "minLength": 1, "maxLength": 200,
-                      "description": "The true class: one of the answering version's."}}),
-        "FeedbackResult": _object({
-            "prediction_id": string, "class": string,
-            "correct": {"type": "boolean", "description": "Whether the top-1 answer was it."},
-            "model": string, "version": {"type": "integer", "minimum": 1},
-            "version_label": {"type": "string", "nullable": True}}),
+                prediction_id=PREDICTION_ID)}}),
         "Live": _object({"status": {"type": "string", "enum": ["ok"]}}),
         "Ready": _object({"status": {"type": "string", "enum": ["ready"]}, "model": model}),
         "NotReady": _object({"status": string, "reason": string}),
@@ -319,23 +327,29 @@ def _schemas(max_images):
                            "source": {"type": "string", "enum": ["file", "default"]},
                            "problem": string}},
             "classes": {"type": "array", "items": string, "nullable": True},
-            "input": {**shape, "nullable": True}}), live_accuracy={
-                "type": "array", "nullable": True, "items": _object({
-                    "version": {"type": "integer", "minimum": 1},
-                    "version_label": string,
-                    "labelled": {"type": "integer", "minimum": 1},
-                    "correct": {"type": "integer", "minimum": 0},
-                    "interval_95": {"type": "array", "items": {"type": "number"},
-                                    "minItems": 2, "maxItems": 2, "nullable": True}}),
-                "description": "With the prediction store on (GET /models/{name} only): each "
-                               "version's feedback by label, as counts with Wilson's 95% "
-                               "interval of the share right; null while the store is down."}),
+            "input": {**shape, "nullable": True}}), live_accuracy=LIVE_ACCURACY),
         "Models": _object({"default": string,
                            "models": {"type": "array",
                                       "items": {"$ref": "#/components/schemas/ModelStatus"}}}),
         "Error": _object({"error": _object({
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
             "message": string})}),
+    }
+
+
+def _feedback_schemas():
+    """POST /feedback's item and the answer for each."""
+    string = {"type": "string"}
+    return {
+        "FeedbackItem": _object({
+            "prediction_id": {"type": "string", "minLength": 1, "maxLength": 200},
+            "class": {"type": "string", "minLength": 1, "maxLength": 200,
+                      "description": "The true class: one of the answering version's."}}),
+        "FeedbackResult": _object({
+            "prediction_id": string, "class": string,
+            "correct": {"type": "boolean", "description": "Whether the top-1 answer was it."},
+            "model": string, "version": {"type": "integer", "minimum": 1},
+            "version_label": {"type": "string", "nullable": True}}),
     }
 
 
