@@ -65,3 +65,11 @@ def test_every_alert_is_tested():
 def test_every_metric_a_rule_reads_is_one_the_service_exports(rule):
     read = set(IDENTIFIER.findall(NOT_NAMES.sub(" ", rule["expr"]))) - KEYWORDS
     assert read and read <= exported_names(), sorted(read - exported_names())
+
+
+def test_the_monitoring_profile_s_config_is_valid_and_loads_the_rules():
+    config = RULES.parent / "prometheus.yml"
+    result = subprocess.run([promtool(), "check", "config", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert yaml.safe_load(config.read_text())["rule_files"] == [RULES.name]
