@@ -21,32 +21,28 @@ import urllib.request
 
 import numpy as np
 
+from benchmarks import release_policies
 from benchmarks.processes import Server
 from benchmarks.release_policies import copy_models, measure, spread
 from benchmarks.run_benchmark import prepare_images
-from benchmarks.sample import image_parser
 from service.models.inference import ServingModel
 from service.models.routing import Route
 from service.store.database import SQLITE_FILE, Database
 from service.store.recorder import Origin, PredictionRecorder
 
 SIDES = ("store off", "store on")
-OPTIONS = (("--models", str, "models", "models folder to copy"),
-           ("--model-name", str, "cifar10", "the model measured"),
-           ("--clients", int, 32, "concurrent clients"),
-           ("--seconds", int, 10, "seconds per run"),
-           ("--rounds", int, 3, "runs of each side"),
+# The canary benchmark's options for the models, load and rounds, then this one's own.
+SHARED = ("--models", "--model-name", "--clients", "--seconds", "--rounds")
+OPTIONS = (*(option for option in release_policies.OPTIONS if option[0] in SHARED),
            ("--sample-share", float, 0.1, "PREDICTION_STORE_SAMPLE of the store-on side"),
            ("--port", int, 18120, "the store-off service's port; the other has the next"),
            ("--cost-only", int, 0, "1: only the in-process cost per record, no services"))
 
 
 def parse_args(argv):
-    """Read the command line."""
-    parser = image_parser("python -m benchmarks.prediction_store", __doc__)
-    for flag, kind, default, text in OPTIONS:
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} ({default})")
-    return parser.parse_args(argv)
+    """Read the command line: the image options, then OPTIONS."""
+    return release_policies.parse_args(argv, "python -m benchmarks.prediction_store", __doc__,
+                                       OPTIONS)
 
 
 def start(models_dir, port, log_path, store_settings):
