@@ -57,10 +57,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     MODEL_DIR=/app/models
 # Uid 1000 is the first user on most Linux machines, so the versions the trainer
-# publishes into a bind-mounted models folder belong to the person who ran it.
+# publishes into a bind-mounted models folder belong to the person who ran it. The
+# prediction store's folder: compose's named volume copies its mode on first use, so
+# whichever APP_UID the api runs as can write there (sticky, like /tmp).
 RUN groupadd --gid 1000 app \
     && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app \
-    && install -d -o app -g app /app/models
+    && install -d -o app -g app /app/models \
+    && install -d -m 1777 /app/store
 WORKDIR /app
 
 FROM runtime AS trainer

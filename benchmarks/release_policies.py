@@ -39,10 +39,11 @@ OPTIONS = (("--models", str, "models", "models folder to copy"),
            ("--port", int, 18100, "the service's port on 127.0.0.1"))
 
 
-def parse_args(argv):
-    """Read the command line."""
-    parser = image_parser("python -m benchmarks.release_policies", __doc__)
-    for flag, kind, default, text in OPTIONS:
+def parse_args(argv, prog="python -m benchmarks.release_policies", description=__doc__,
+               options=OPTIONS):
+    """Read the command line: the image options, then `options` (another benchmark's too)."""
+    parser = image_parser(prog, description)
+    for flag, kind, default, text in options:
         parser.add_argument(flag, type=kind, default=default, help=f"{text} ({default})")
     return parser.parse_args(argv)
 

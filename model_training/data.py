@@ -1,7 +1,9 @@
 """Load labelled images into memory and split them for training, validation and test."""
 
 import collections
+import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,26 +48,32 @@ class LabelledImages:
     sources: np.ndarray | None = None
 
 
-def list_image_folder(data_dir: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """Return (paths, labels, class_names) for a folder of class subfolders."""
-    if not os.path.isdir(data_dir):
-        raise DataError(f"data folder {data_dir!r} does not exist or is not a folder")
-    class_names = sorted(entry.name for entry in os.scandir(data_dir)
-                         if entry.is_dir() and not entry.name.startswith("."))
+def list_image_folder(data_dir: str | Sequence[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """Return (paths, labels, class_names) for a folder of class subfolders, or for several
+    (a base set and the feedback exported from the prediction store, say): their classes are
+    the union of the folders' class subfolders, and a folder may lack some."""
+    folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
+    named = " + ".join(folders)
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise DataError(f"data folder {folder!r} does not exist or is not a folder")
+    class_names = sorted({entry.name for folder in folders for entry in os.scandir(folder)
+                          if entry.is_dir() and not entry.name.startswith(".")})
     paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        for root, dirs, files in os.walk(os.path.join(data_dir, class_name)):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for file_name in sorted(files):
-                if not file_name.startswith("."):
-                    paths.append(os.path.join(root, file_name))
-                    labels.append(label)
+    for folder in folders:
+        for label, class_name in enumerate(class_names):
+            for root, dirs, files in os.walk(os.path.join(folder, class_name)):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for file_name in sorted(files):
+                    if not file_name.startswith("."):
+                        paths.append(os.path.join(root, file_name))
+                        labels.append(label)
     if not paths:
-        raise DataError(f"data folder {data_dir!r} holds no images in class subfolders "
+        raise DataError(f"data folder {named!r} holds no images in class subfolders "
                         "(expected DIR/<class>/<image files>)")
     used = sorted({class_names[label] for label in labels})
     if len(used) < 2:
-        raise DataError(f"data folder {data_dir!r} has images of {len(used)} class(es); "
+        raise DataError(f"data folder {named!r} has images of {len(used)} class(es); "
                         "a classifier needs at least two class subfolders with images")
     return paths, np.array(labels, dtype=np.int32), class_names
 
@@ -91,9 +99,11 @@ def guess_input_shape(paths: list[str], image_size: int | None = None,
     return image_size, channels
 
 
-def load_image_folder(data_dir: str, image_size: int | None = None,
+def load_image_folder(data_dir: str | Sequence[str], image_size: int | None = None,
                       channels: int | None = None) -> LabelledImages:
-    """Decode every picture of a class-subfolder tree; unreadable files are skipped and listed."""
+    """Decode every picture of one or more class-subfolder trees; unreadable files are skipped
+    and listed. A file whose bytes came before (in another folder, say) counts once, with the
+    label of its last folder: a correction exported from feedback overrides the base set."""
     paths, labels, class_names = list_image_folder(data_dir)
     image_size, channels = guess_input_shape(paths, image_size, channels)
 
@@ -101,17 +111,21 @@ def load_image_folder(data_dir: str, image_size: int | None = None,
         try:
             with open(path, "rb") as file:
                 data = file.read()
-            return decode_image(data, image_size, image_size, channels, MAX_TRAINING_PIXELS)
+            return (decode_image(data, image_size, image_size, channels, MAX_TRAINING_PIXELS),
+                    hashlib.sha256(data).digest())
         except (OSError, ImageError):
-            return None
+            return None, None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(read, paths, chunksize=256))
-    keep = np.array([image is not None for image in decoded], dtype=bool)
+        decoded, digests = zip(*pool.map(read, paths, chunksize=256), strict=True)
+    last = {digest: index for index, digest in enumerate(digests) if digest is not None}
+    keep = np.array([image is not None and last[digest] == index for index, (image, digest)
+                     in enumerate(zip(decoded, digests, strict=True))], dtype=bool)
     skipped = [path for path, image in zip(paths, decoded, strict=True) if image is None]
     if not keep.any():
         raise DataError(f"none of the {len(paths)} files under {data_dir!r} is a readable image")
-    images = np.stack([image for image in decoded if image is not None])
+    decoded = [image for image, kept in zip(decoded, keep, strict=True) if kept]
+    images = np.stack(decoded)
     return LabelledImages(images, labels[keep], class_names, skipped,
                           np.array(paths, dtype=object)[keep])
 

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 
 from model_training.data import LabelledImages
+from service.observability.drift import reference_of
 
 
 def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -14,8 +15,10 @@ def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np
 
 
 def evaluate(model: Any, test: LabelledImages, batch_size: int = 256) -> dict:
-    """Return test accuracy, per-class accuracy and the confusion matrix."""
-    predicted = predict_classes(model, test.images, batch_size)
+    """Return test accuracy, per-class accuracy, the confusion matrix, and the profile of the
+    answers that the service's drift gauges compare live answers with (service/drift.py)."""
+    probabilities = model.predict(test.images, batch_size=batch_size, verbose=0)
+    predicted = probabilities.argmax(axis=1)
     count = len(test.class_names)
     confusion = np.zeros((count, count), dtype=np.int64)
     np.add.at(confusion, (test.labels, predicted), 1)
@@ -29,6 +32,7 @@ def evaluate(model: Any, test: LabelledImages, batch_size: int = 256) -> dict:
         "test_images": int(len(test.labels)),
         "per_class_accuracy": per_class,
         "confusion_matrix": confusion.tolist(),
+        "prediction_profile": reference_of(np.asarray(probabilities, dtype=np.float64)),
     }
 
 

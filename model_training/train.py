@@ -51,7 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m model_training.train",
         description="Train the image classifier and publish it as models/<name>/<version>/.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", help="folder of class subfolders of images")
+    source.add_argument("--data-dir", action="append", help="folder of class subfolders of "
+                        "images; repeat it for several (e.g. base set + exported feedback)")
     source.add_argument("--dataset", choices=datasets.KERAS_DATASETS + datasets.PACKAGED_DATASETS,
                         help="a keras.datasets dataset (downloaded once), or digits: "
                              "scikit-learn's 8x8 handwritten digits, inside its package")
@@ -156,9 +157,10 @@ def default_name(args: argparse.Namespace) -> str:
         return args.name
     if args.dataset:
         return args.dataset
-    folder = os.path.basename(os.path.normpath(args.data_dir))
+    first = args.data_dir[0]
+    folder = os.path.basename(os.path.normpath(first))
     if folder in ("train", "training"):
-        folder = os.path.basename(os.path.dirname(os.path.normpath(args.data_dir)))
+        folder = os.path.basename(os.path.dirname(os.path.normpath(first)))
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", folder).strip("-.") or "model"
 
 
@@ -376,8 +378,11 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
         "classes": train_set.class_names,
         "input": {"height": int(height), "width": int(width), "channels": int(channels)},
         "metrics": metrics,
+        # What the service's drift gauges compare its live answers with (service/drift.py).
+        "drift_reference": metrics.pop("prediction_profile", None),
         "dataset": {
             "source": dataset_source(args),
+            "folders": args.data_dir or [],
             "test_source": ("official test split" if args.dataset in datasets.KERAS_DATASETS
                             else args.test_dir or f"held out {args.test_split:.0%} of the data"),
             "train_images": int(len(train_set.labels)),
@@ -422,7 +427,8 @@ def dataset_source(args: argparse.Namespace) -> str:
         return f"sklearn.datasets.load_{args.dataset}"
     if args.dataset:
         return f"keras.datasets.{args.dataset}"
-    return args.data_dir
+    # The first folder (the base set): export checks a conversion on it (model_training/export.py).
+    return args.data_dir[0]
 
 
 def write_version(folder: str, version: int, serving_model: keras.Model, metadata: dict,

@@ -22,11 +22,13 @@ from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.shadow import ShadowRunner
 from service.observability import metrics
+from service.observability.drift import DriftMonitor
 from service.observability.json_log import configure_logging
 from service.observability.request_log import register_request_logging
 from service.process.cpus import service_cores
 from service.process.worker_activity import activity, register_worker_activity
 from service.runtime.batcher import Batcher
+from service.store.recorder import recorder_from
 
 
 def create_app(settings: Settings | None = None, start_models: bool = True) -> Flask:
@@ -66,7 +68,12 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000,
                       on_batch=metrics.BATCH_SIZE.observe, may_use_all_cores=activity.others_idle)
     app.extensions["batcher"] = batcher
-    app.extensions["shadow"] = ShadowRunner(batcher.submit)
+    # Nothing is opened here: the writer thread and its connection start with the first
+    # prediction, in the worker that makes it (gunicorn forks before).
+    recorder = recorder_from(settings)
+    app.extensions["prediction_recorder"] = recorder
+    app.extensions["drift"] = DriftMonitor(settings.drift_window)
+    app.extensions["shadow"] = ShadowRunner(batcher.submit, recorder=recorder)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)

@@ -54,6 +54,29 @@ class Settings:
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
+    # The prediction store (service/store/): empty is off; a folder holds an embedded SQLite
+    # database (a local disk, never a network file system: SQLite's locks do not hold there);
+    # a postgresql:// URL serves replicas on many nodes.
+    prediction_store: str = ""
+    # The share of images whose bytes are kept (once per sha256), chosen by the image's hash.
+    prediction_store_sample: float = 0.1
+    # What may wait for the writer in each process; a record beyond either is dropped and
+    # counted. Bytes bound it because kept images may be as large as MAX_REQUEST_BYTES.
+    prediction_store_queue_records: int = 10_000
+    prediction_store_queue_bytes: int = 64 * 1024 * 1024
+    prediction_store_retention_days: float = 30.0
+    # Beyond it, the oldest predictions go first; 0: no quota (the retention alone bounds it).
+    prediction_store_quota_bytes: int = 5 * 1024 * 1024 * 1024
+    # 1: keep each prediction's client address (the one trusted_proxy_hops gives); 0: never.
+    prediction_store_client_addresses: int = 0
+    # Items in one POST /feedback.
+    feedback_max_items: int = 100
+    # Answers per version each worker compares with the version's held-out test images, for
+    # the drift gauges (service/drift.py); 0 turns drift off.
+    drift_window: int = 1000
+    # `release promote --require-evidence` wants at least this much feedback on stable and
+    # on the canary before it weighs them (service/models/release.py).
+    release_min_feedback: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -78,7 +101,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
         for name in ("batch_max_wait_ms", "model_threads", "trusted_proxy_hops",
-                     "memory_limit_mb"):
+                     "memory_limit_mb", "drift_window"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative")
         for name in ("port", "grpc_port"):
@@ -87,6 +110,7 @@ class Settings:
         if self.grpc_enabled and self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
                                 "GRPC_ENABLED=0 to turn gRPC off")
+        self._check_store()
         for name in ("pin_workers", "grpc_enabled"):
             if getattr(self, name) not in (0, 1):
                 raise SettingsError(f"{name.upper()} must be 1 (on) or 0 (off), "
@@ -100,6 +124,25 @@ class Settings:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(f"LOG_LEVEL must be debug, info, warning, error or critical, "
                                 f"not {self.log_level!r}")
+
+    def _check_store(self) -> None:
+        """Refuse prediction store settings that cannot work."""
+        if not 0 <= self.prediction_store_sample <= 1:
+            raise SettingsError("PREDICTION_STORE_SAMPLE must be a share from 0 to 1, not "
+                                f"{self.prediction_store_sample}")
+        for name in ("prediction_store_queue_records", "prediction_store_queue_bytes",
+                     "feedback_max_items", "release_min_feedback"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1")
+        if self.prediction_store_retention_days <= 0:
+            raise SettingsError("PREDICTION_STORE_RETENTION_DAYS must be above 0")
+        if self.prediction_store_quota_bytes < 0:
+            raise SettingsError("PREDICTION_STORE_QUOTA_BYTES must not be negative (0: none)")
+        if self.prediction_store_client_addresses not in (0, 1):
+            raise SettingsError("PREDICTION_STORE_CLIENT_ADDRESSES must be 1 (keep) or 0")
+        if "://" in self.prediction_store and not self.prediction_store.startswith(
+                ("postgresql://", "postgres://")):
+            raise SettingsError("PREDICTION_STORE is a folder (SQLite) or a postgresql:// URL")
 
     @property
     def requires_api_key(self) -> bool:

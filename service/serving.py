@@ -5,6 +5,7 @@ decodes and classifies exactly as the HTTP routes do; the functions below it are
 HTTP routes' view of the same, for the app of the current request.
 """
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,8 +20,10 @@ from service.models.repository import ModelRepository
 from service.models.routing import Route
 from service.models.shadow import ShadowRunner
 from service.observability import metrics
+from service.observability.drift import DriftMonitor
 from service.runtime.batcher import Batcher
 from service.runtime.images import decode_image
+from service.store.recorder import Origin, PredictionRecorder
 
 # A worker that is still loading its first models holds a request this long rather than
 # refuse it, so a multi-worker service does not answer 503 while its siblings serve.
@@ -38,6 +41,9 @@ class Serving:
     batcher: Batcher
     shadow: ShadowRunner
     keys: ApiKeys
+    # None while the prediction store is off (PREDICTION_STORE empty).
+    recorder: PredictionRecorder | None = None
+    drift: DriftMonitor = DriftMonitor(0)
 
     def key_is_valid(self, offered: Iterable[str]) -> bool:
         """Whether a request that offers these keys may classify: none is required, or one
@@ -45,6 +51,13 @@ class Serving:
         gRPC in service/grpc/servicer.py); the keys are never repeated back.
         """
         return self.keys.accepts(offered)
+
+    def accepted_key(self, offered: Iterable[str]) -> str | None:
+        """The offered key that is valid, for a hashed record of who sent what; None when
+        no key is required or none is offered."""
+        if not self.settings.requires_api_key:
+            return None
+        return next((key for key in offered if key and self.keys.accepts([key])), None)
 
     def route(self, name: str | None = None, version: str | None = None,
               label: str | None = None, routing_key: str | None = None) -> Route:
@@ -55,14 +68,20 @@ class Serving:
         model = self.repository.model(name or self.settings.model_name, FIRST_LOAD_WAIT_SECONDS)
         return model.route(self.repository.splitter, version, label, routing_key)
 
-    def classify(self, chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
-        """Class probabilities from the chosen version, through the batcher; a shadow gets
-        a copy; the request and its images are counted."""
+    def classify(self, chosen: Route, images: np.ndarray, expectation,
+                 origin: Origin) -> tuple[np.ndarray, list[str] | None]:
+        """Class probabilities from the chosen version, through the batcher, and the images'
+        prediction ids (None with the store off); the store records them, a shadow gets a
+        copy, the request and its images are counted. The one hook of every face."""
         probabilities = self.batcher.submit(chosen.model, images, expectation)
+        ids = None
+        if self.recorder is not None:
+            ids = self.recorder.record(chosen, images, probabilities, origin)
         if chosen.shadow is not None:
-            self.shadow.offer(chosen, images, probabilities)
+            self.shadow.offer(chosen, images, probabilities, ids)
         metrics.count_classified(chosen, probabilities)
-        return probabilities
+        self.drift.observe(chosen.name, chosen.model, probabilities)
+        return probabilities, ids
 
     def decode_batch(self, encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
         """Decode encoded images into one uint8 batch in `model`'s input size, under the
@@ -75,7 +94,8 @@ class Serving:
 def serving_of(app: Flask) -> Serving:
     """The Serving that `app` was created with (service/app.py)."""
     return Serving(app.config["SETTINGS"], app.extensions["model_repository"],
-                   app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"])
+                   app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"],
+                   app.extensions.get("prediction_recorder"), app.extensions["drift"])
 
 
 def offered_keys(authorization: str, api_key: str) -> list[str]:
@@ -108,11 +128,22 @@ def stable_version(name: str | None = None) -> ServingModel:
     return repository().model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS).stable()
 
 
-def classify(chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
-    """Class probabilities from the chosen version (Serving.classify), noted for the log."""
-    probabilities = serving_of(current_app).classify(chosen, images, expectation)
+def classify(chosen: Route, images: np.ndarray, expectation,
+             encoded: list[bytes] | None = None,
+             top_k: int | None = None) -> tuple[np.ndarray, list[str] | None]:
+    """Class probabilities and prediction ids from the chosen version (Serving.classify),
+    noted for the log; `encoded` are the images as sent, for the store."""
+    probabilities, ids = serving_of(current_app).classify(
+        chosen, images, expectation, request_origin(encoded, top_k))
     g.route, g.image_count = chosen, len(images)
-    return probabilities
+    return probabilities, ids
+
+
+def request_origin(encoded: list[bytes] | None, top_k: int | None = None) -> Origin:
+    """What the prediction store keeps of this HTTP request besides its answer."""
+    rule = request.url_rule.rule if request.url_rule else request.path
+    return Origin(rule, g.get("request_id", ""), g.get("started", time.perf_counter()),
+                  encoded, request.remote_addr, top_k)
 
 
 def check_api_key() -> None:

@@ -32,6 +32,7 @@ from service.open_inference import protocol
 from service.open_inference.tensors import TensorError
 from service.process.worker_activity import activity
 from service.serving import Serving, offered_keys
+from service.store.recorder import Origin
 
 log = logging.getLogger("service.grpc")
 
@@ -55,6 +56,8 @@ class Call:
 
     metadata: dict
     request_id: str
+    started: float = 0.0
+    client: str | None = None
     route: object = None
     images: int = 0
     model_version: object = None
@@ -98,7 +101,10 @@ class InferenceServicer:
         started = time.perf_counter()
         metadata = {key: value for key, value in (context.invocation_metadata() or ())
                     if isinstance(value, str)}
-        call = Call(metadata, request_id(metadata.get(REQUEST_ID_KEY, "")))
+        call = Call(metadata, request_id(metadata.get(REQUEST_ID_KEY, "")), started)
+        call.client = forwarded_client(metadata.get(FORWARDED_FOR_KEY, ""),
+                                       self.serving.settings.trusted_proxy_hops,
+                                       peer_address(context.peer()))
         answer = b""
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
@@ -107,7 +113,7 @@ class InferenceServicer:
             call.status, call.details = grpc.StatusCode.CANCELLED, "cancelled by the client"
             raise
         finally:
-            self._record(name, call, context, time.perf_counter() - started)
+            self._record(name, call, time.perf_counter() - started)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         if call.status != grpc.StatusCode.OK:
             await context.abort(call.status, call.details,
@@ -130,14 +136,11 @@ class InferenceServicer:
             activity.request_finished()
         return b""
 
-    def _record(self, name: str, call: Call, context, seconds: float) -> None:
+    def _record(self, name: str, call: Call, seconds: float) -> None:
         """Count the call and log it, in the series and line shape HTTP requests have."""
         route = f"/{SERVICE_NAME}/{name}"
-        client = forwarded_client(call.metadata.get(FORWARDED_FOR_KEY, ""),
-                                  self.serving.settings.trusted_proxy_hops,
-                                  peer_address(context.peer()))
         fields = record_request("grpc", "POST", route, route, call.status.name, seconds,
-                                call.request_id, client, call.route, call.model_version,
+                                call.request_id, call.client, call.route, call.model_version,
                                 call.images)
         # Written after the answer is handed back, as HTTP writes its line after the answer.
         asyncio.get_running_loop().call_soon(log_request, fields)
@@ -187,7 +190,9 @@ class InferenceServicer:
         name = _model_name(request.model_name)
         answer = protocol.infer(self.serving, name, request.model_version or None,
                                       call.metadata.get(ROUTING_KEY) or None,
-                                      lambda: tensors.read_request(request))
+                                      lambda: tensors.read_request(request),
+                                      Origin(f"/{SERVICE_NAME}/ModelInfer", call.request_id,
+                                             call.started, client=call.client))
         call.route, call.images = answer.route, answer.image_count
         return tensors.write_response(answer.header(name), answer.outputs)
 

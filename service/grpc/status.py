@@ -12,6 +12,8 @@ from service.http.uploads import UploadError
 from service.models.routing import RoutingError
 from service.open_inference.tensors import INVALID, TensorError
 from service.runtime.images import ImageError
+from service.store.feedback import CONFLICT, NOT_FOUND, UNKNOWN_CLASS, FeedbackError
+from service.store.feedback import INVALID as INVALID_FEEDBACK
 
 Code = grpc.StatusCode
 
@@ -28,6 +30,10 @@ DOMAIN_STATUS = {
     TensorError: {INVALID: Code.INVALID_ARGUMENT, "too_many_images": Code.RESOURCE_EXHAUSTED},
     RoutingError: {"model_not_found": Code.NOT_FOUND, "version_not_found": Code.NOT_FOUND,
                    "label_not_found": Code.NOT_FOUND, "model_not_ready": Code.UNAVAILABLE},
+    # POST /feedback's; gRPC takes no feedback (its clients use the HTTP route), listed for
+    # completeness.
+    FeedbackError: {INVALID_FEEDBACK: Code.INVALID_ARGUMENT, UNKNOWN_CLASS: Code.INVALID_ARGUMENT,
+                    NOT_FOUND: Code.NOT_FOUND, CONFLICT: Code.ALREADY_EXISTS},
 }
 
 UNAUTHENTICATED_MESSAGE = ("A valid API key is required: send the metadata "

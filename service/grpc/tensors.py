@@ -100,7 +100,11 @@ def _input(tensor, index: int, raw: bytes | None):
 def write_response(header: dict, outputs: list[OutputTensor]) -> inference.ModelInferResponse:
     """The ModelInferResponse of an answer: every output raw when any asks for raw data
     (the .proto allows raw for all outputs or none), else typed."""
+    header = dict(header)
+    parameters = header.pop("parameters", {})
     response = inference.ModelInferResponse(**header)
+    for key, value in parameters.items():
+        response.parameters[key].string_param = value
     raw = any(output.binary for output in outputs)
     for output in outputs:
         tensor = response.outputs.add(name=output.name, datatype=output.datatype,

@@ -12,6 +12,9 @@ from service.http.uploads import UploadError
 from service.models.routing import RoutingError
 from service.open_inference.tensors import INVALID, TensorError
 from service.runtime.images import ImageError
+from service.store.database import StoreSchemaError, StoreUnavailableError
+from service.store.feedback import CONFLICT, NOT_FOUND, UNKNOWN_CLASS, FeedbackError
+from service.store.feedback import INVALID as INVALID_FEEDBACK
 
 # Each domain error kind's HTTP status and error code.
 DOMAIN_ERRORS = {
@@ -23,6 +26,8 @@ DOMAIN_ERRORS = {
                   "too_many_parts": (413, "too_many_parts"),
                   "unsupported_media_type": (415, "unsupported_media_type")},
     TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
+    FeedbackError: {INVALID_FEEDBACK: (400, INVALID_FEEDBACK), UNKNOWN_CLASS: (400, UNKNOWN_CLASS),
+                    NOT_FOUND: (404, NOT_FOUND), CONFLICT: (409, CONFLICT)},
     RoutingError: {"model_not_found": (404, "model_not_found"),
                    "version_not_found": (404, "version_not_found"),
                    "label_not_found": (404, "label_not_found"),
@@ -40,7 +45,8 @@ class ApiError(Exception):
         self.message = message
 
 
-def as_api_error(error: ImageError | UploadError | TensorError | RoutingError) -> ApiError:
+def as_api_error(error: ImageError | UploadError | TensorError | RoutingError
+                 | FeedbackError) -> ApiError:
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
@@ -73,8 +79,20 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UploadError)
     @app.errorhandler(TensorError)
     @app.errorhandler(RoutingError)
+    @app.errorhandler(FeedbackError)
     def handle_domain_error(error):
         return handle_api_error(as_api_error(error))
+
+    @app.errorhandler(StoreUnavailableError)
+    @app.errorhandler(StoreSchemaError)
+    def handle_store_unavailable(error):
+        # The reason goes to the log: it may name the database's host.
+        app.logger.warning("prediction store unavailable: %s", error)
+        response = error_response(503, "prediction_store_unavailable",
+                                  "The prediction store cannot be reached now; send the "
+                                  "feedback again later.")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error):

@@ -25,7 +25,9 @@ PROTOCOL_ERROR_STATUSES = {
 
 ERROR_STATUSES = {
     "BadRequest": "Malformed request or undecodable image (e.g. invalid_top_k, invalid_json, "
-                  "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image).",
+                  "invalid_base64, invalid_multipart, no_images, empty_image, corrupt_image); "
+                  "for feedback, invalid_feedback or unknown_class (not a class of the version "
+                  "that answered).",
     "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY or "
                     "API_KEY_FILE is configured.",
     "NotFound": "No such route (not_found), model (model_not_found), loaded version "
@@ -38,7 +40,32 @@ ERROR_STATUSES = {
     "UnsupportedMediaType": "Not an accepted Content-Type (unsupported_media_type) or not an "
                             "image in a supported format (unsupported_image).",
     "ModelNotReady": "No model is loaded yet (model_not_ready); retry shortly.",
+    "PredictionNotFound": "No kept prediction has this id (prediction_not_found): unknown, or "
+                          "older than PREDICTION_STORE_RETENTION_DAYS.",
+    "FeedbackConflict": "The prediction already has a different true class "
+                        "(feedback_conflict); the same class again is a 200.",
+    "StoreOff": "The prediction store is off on this server (prediction_store_off).",
+    "StoreUnavailable": "The prediction store cannot be reached now "
+                        "(prediction_store_unavailable); send it again after Retry-After.",
 }
+
+
+# Parts of answers that only the prediction store adds (service/store/).
+PREDICTION_ID = {"type": "string", "description": "With the prediction store on: this "
+                 "prediction's id, for POST /feedback."}
+LIVE_ACCURACY = {
+    "type": "array", "nullable": True, "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["version", "version_label", "labelled", "correct", "interval_95"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1}, "version_label": {"type": "string"},
+            "labelled": {"type": "integer", "minimum": 1},
+            "correct": {"type": "integer", "minimum": 0},
+            "interval_95": {"type": "array", "items": {"type": "number"}, "minItems": 2,
+                            "maxItems": 2, "nullable": True}}},
+    "description": "With the prediction store on (GET /models/{name} only): each version's "
+                   "feedback by label, as counts with Wilson's 95% interval of the share "
+                   "right; null while the store is down."}
 
 
 def openapi_document(settings: Settings, models: "ModelRepository | None" = None) -> dict:
@@ -61,6 +88,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
             "/predict": {"post": _predict(settings, "predict", "Classify one or more images with "
                                           "the default model (MODEL_NAME).")},
             **_model_paths(settings),
+            "/feedback": {"post": _feedback(settings)},
             "/health/live": {"get": _operation(
                 "live", "The process is up and answering.", "Health",
                 {"200": _json("The process answers.", "Live")})},
@@ -85,7 +113,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
             **_inference_protocol_paths(settings),
         },
         "components": {
-            "schemas": {**_schemas(settings.max_images_per_request),
+            "schemas": {**_schemas(settings.max_images_per_request), **_feedback_schemas(),
                         **_inference_protocol_schemas()},
             "responses": {**{name: _json(description, "Error")
                              for name, description in ERROR_STATUSES.items()},
@@ -177,6 +205,32 @@ def _predict(settings, operation_id, summary, path_parameters=()):
     return operation
 
 
+def _feedback(settings):
+    """POST /feedback: the true class of earlier predictions, one or a list."""
+    errors = [("400", "BadRequest"), ("401", "Unauthorized"), ("404", "PredictionNotFound"),
+              ("409", "FeedbackConflict"), ("413", "TooLarge"), ("415", "UnsupportedMediaType"),
+              ("501", "StoreOff"), ("503", "StoreUnavailable")]
+    operation = _operation(
+        "feedback", "Give the true class of earlier predictions, by prediction id.", "Feedback",
+        {"200": {**_json("Taken (or the same as before): whether each answer was right.",
+                         "FeedbackResult"),
+                 "content": {"application/json": {"schema": {"oneOf": [
+                     {"$ref": "#/components/schemas/FeedbackResult"},
+                     _object({"feedback": {"type": "array", "items": {
+                         "$ref": "#/components/schemas/FeedbackResult"}}})]}}}},
+         **{status: {"$ref": f"#/components/responses/{name}"} for status, name in errors}})
+    operation["description"] = (
+        "Needs the prediction store (PREDICTION_STORE). One object, or a list of up to "
+        f"{settings.feedback_max_items}, all taken or none. A prediction takes one true class: "
+        "the same again is a 200, a different one a 409.")
+    operation["security"] = _security(settings)
+    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+        "oneOf": [{"$ref": "#/components/schemas/FeedbackItem"},
+                  {"type": "array", "minItems": 1, "maxItems": settings.feedback_max_items,
+                   "items": {"$ref": "#/components/schemas/FeedbackItem"}}]}}}}
+    return operation
+
+
 def _security(settings):
     """With an API key configured either scheme is required; without one, none is checked."""
     security = [{"bearer": []}, {"apiKey": []}]
@@ -243,11 +297,12 @@ def _schemas(max_images):
                       "description": "Base64 image bytes, or a data: URL."}}}),
             "additionalProperties": True},
         "Prediction": _object({"model": answered_by, "predictions": {
-            "type": "array", "items": _object({
+            "type": "array", "items": _with_optional(_object({
                 "filename": {"type": "string", "nullable": True,
                              "description": "The multipart file name; null for other forms."},
                 "label": string, "confidence": confidence,
-                "top_k": {"type": "array", "minItems": 1, "items": ranked}})}}),
+                "top_k": {"type": "array", "minItems": 1, "items": ranked}}),
+                prediction_id=PREDICTION_ID)}}),
         "Live": _object({"status": {"type": "string", "enum": ["ok"]}}),
         "Ready": _object({"status": {"type": "string", "enum": ["ready"]}, "model": model}),
         "NotReady": _object({"status": string, "reason": string}),
@@ -261,7 +316,7 @@ def _schemas(max_images):
                                  "loaded_at": {"type": "string", "format": "date-time"}}),
                       "description": "What a client needs of metadata.json: the training "
                                      "command and paths stay on disk."},
-        "ModelStatus": _object({
+        "ModelStatus": _with_optional(_object({
             "name": string, "state": string, "reason": string,
             "versions": {"type": "array", "items": version_status},
             "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -275,7 +330,7 @@ def _schemas(max_images):
                            "source": {"type": "string", "enum": ["file", "default"]},
                            "problem": string}},
             "classes": {"type": "array", "items": string, "nullable": True},
-            "input": {**shape, "nullable": True}}),
+            "input": {**shape, "nullable": True}}), live_accuracy=LIVE_ACCURACY),
         "Models": _object({"default": string,
                            "models": {"type": "array",
                                       "items": {"$ref": "#/components/schemas/ModelStatus"}}}),
@@ -283,6 +338,27 @@ def _schemas(max_images):
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
             "message": string})}),
     }
+
+
+def _feedback_schemas():
+    """POST /feedback's item and the answer for each."""
+    string = {"type": "string"}
+    return {
+        "FeedbackItem": _object({
+            "prediction_id": {"type": "string", "minLength": 1, "maxLength": 200},
+            "class": {"type": "string", "minLength": 1, "maxLength": 200,
+                      "description": "The true class: one of the answering version's."}}),
+        "FeedbackResult": _object({
+            "prediction_id": string, "class": string,
+            "correct": {"type": "boolean", "description": "Whether the top-1 answer was it."},
+            "model": string, "version": {"type": "integer", "minimum": 1},
+            "version_label": {"type": "string", "nullable": True}}),
+    }
+
+
+def _with_optional(schema, **properties):
+    """`schema` with more properties that an answer may leave out."""
+    return {**schema, "properties": {**schema["properties"], **properties}}
 
 
 def _object(properties):
@@ -446,6 +522,10 @@ def _inference_protocol_schemas():
         "InferenceResponse": {
             "type": "object", "required": ["model_name", "model_version", "outputs"],
             "properties": {"model_name": string, "model_version": string, "id": string,
+                           "parameters": {"type": "object", "properties": {"prediction_ids": {
+                               "type": "string", "description": "With the prediction store "
+                               "on: each image's prediction id, in order, comma-separated, "
+                               "for POST /feedback."}}},
                            "outputs": {"type": "array", "items": response_output}}},
         "ServerMetadata": _object({"name": string, "version": string,
                                    "extensions": {"type": "array", "items": string}}),

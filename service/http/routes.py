@@ -11,11 +11,16 @@ from service.serving import (
     check_api_key,
     classify,
     decode_batch,
+    offered_keys,
     repository,
     route,
+    serving_of,
     settings,
     stable_version,
 )
+from service.store.accuracy import live_accuracy
+from service.store.database import StoreSchemaError, StoreUnavailableError
+from service.store.feedback import give_feedback, key_id, parse_feedback
 
 blueprint = Blueprint("api", __name__)
 
@@ -58,14 +63,43 @@ def _predict(name=None, version=None, label=None):
     with current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
-        probabilities = classify(chosen, images, expectation)
+        probabilities, ids = classify(chosen, images, expectation,
+                                      [data for _, data in uploads], top_k)
     predictions = []
-    for (filename, _), scores in zip(uploads, probabilities, strict=True):
+    for index, ((filename, _), scores) in enumerate(zip(uploads, probabilities, strict=True)):
         ranked = model.rank(scores, top_k)
         predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
+        if ids is not None:
+            predictions[-1]["prediction_id"] = ids[index]
     return jsonify({"model": {"name": chosen.name, "version": model.version,
                               "label": chosen.label},
                     "predictions": predictions})
+
+
+@blueprint.post("/feedback")
+def feedback() -> Response:
+    """Take the true class of earlier predictions, by prediction id (service/store/feedback.py)."""
+    check_api_key()
+    serving = serving_of(current_app)
+    if serving.recorder is None:
+        raise ApiError(501, "prediction_store_off",
+                       "Feedback needs the prediction store, which is off on this server: "
+                       "set PREDICTION_STORE (docs/operations.md).")
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       "Send feedback as application/json.")
+    items, many = parse_feedback(request.get_data(cache=False),
+                                 settings().feedback_max_items)
+    sender = serving.accepted_key(offered_keys(request.headers.get("Authorization", ""),
+                                               request.headers.get("X-API-Key", "")))
+    results = give_feedback(serving.recorder.database, items,
+                            settings().prediction_store_retention_days,
+                            key_id(sender) if sender else None)
+    for result in results:
+        if result.pop("new"):
+            metrics.count_feedback(result["model"], result["version"],
+                                   result["version_label"], result["correct"])
+    return jsonify({"feedback": results} if many else results[0])
 
 
 @blueprint.get("/health/live")
@@ -106,8 +140,20 @@ def models_info() -> Response:
 
 @blueprint.get("/models/<name>")
 def one_model_info(name: str) -> Response:
-    """One model as /models describes it."""
-    return jsonify(repository().model(name).describe())
+    """One model as /models describes it; with the prediction store on, each version's live
+    accuracy by label, as counts (service/store/accuracy.py)."""
+    described = repository().model(name).describe()
+    recorder = serving_of(current_app).recorder
+    if recorder is not None:
+        try:
+            found = live_accuracy(recorder.database, name)
+        except (StoreUnavailableError, StoreSchemaError):
+            described["live_accuracy"] = None  # the store is down: no counts, no error
+        else:
+            described["live_accuracy"] = [
+                {"version": version, "version_label": label, **counts.describe()}
+                for (_, version, label), counts in sorted(found.items())]
+    return jsonify(described)
 
 
 @blueprint.get("/metrics")

@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from service.http.errors import ApiError
 from service.open_inference import protocol
 from service.open_inference.tensors import encode_infer_response, parse_infer_request
-from service.serving import ROUTING_KEY_HEADER, check_api_key, serving_of
+from service.serving import ROUTING_KEY_HEADER, check_api_key, request_origin, serving_of
 
 blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 
@@ -81,7 +81,8 @@ def infer(name: str, version: str | None = None) -> Response:
     check_api_key()
     answer = protocol.infer(
         serving_of(current_app), name, version, request.headers.get(ROUTING_KEY_HEADER) or None,
-        lambda: parse_infer_request(_body(), request.headers.get(HEADER_LENGTH)))
+        lambda: parse_infer_request(_body(), request.headers.get(HEADER_LENGTH)),
+        request_origin(None))
     g.route, g.image_count = answer.route, answer.image_count
     body, header_length = encode_infer_response(answer.header(name), answer.outputs)
     if header_length is None:

@@ -4,6 +4,7 @@
     python -m service.models.release canary cifar10 3 --percent 10 [--mode shadow]
     python -m service.models.release canary cifar10 --off
     python -m service.models.release promote cifar10 [3]     # default: the canary
+    python -m service.models.release promote cifar10 --require-evidence
     python -m service.models.release rollback cifar10
 
 It needs no TensorFlow, so it runs in the api image, the trainer image and a Kubernetes
@@ -12,6 +13,11 @@ after the other; the file is written whole under a temporary name and renamed in
 place, so a poller never reads half of it. A version must be complete on disk before a
 label may point at it. Every worker and replica picks the change up at its next poll
 (MODEL_POLL_SECONDS). Bad input ends with one line on stderr and exit status 2.
+
+With the prediction store (--store, default $PREDICTION_STORE), `status` shows each
+version's live accuracy from feedback, stable and the canary side by side, and
+`promote --require-evidence` promotes only when the feedback shows the candidate no worse
+than stable by more than the margin (service/store/accuracy.py); else exit status 3 and why.
 """
 
 import argparse
@@ -23,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
+from service.config import Settings
 from service.models.artifact import (
     POLICY_FILE,
     POLICY_LOCK_FILE,
@@ -34,12 +41,29 @@ from service.models.artifact import (
 from service.models.inference import ModelLoadError, ServingModel
 from service.models.policy import SHADOW, SPLIT, STABLE, PolicyError, ServingPolicy
 from service.models.policy import parse_policy as parse
+from service.store.accuracy import (
+    LiveAccuracy,
+    describe_comparison,
+    evidence,
+    live_accuracy,
+    per_version,
+)
+from service.store.database import Database, StoreSchemaError, StoreUnavailableError
 
 USAGE_ERROR = 2
+NO_FEEDBACK = LiveAccuracy(0, 0)
+NOT_ENOUGH_EVIDENCE = 3
+# The release gate's margin on held-out images (model_training/gate.py), used for live
+# accuracy too: a version may lose up to one point to noise.
+EVIDENCE_MARGIN = 0.01
 
 
 class ReleaseError(Exception):
     """A release step that cannot be made; the message says why and what to do."""
+
+
+class EvidenceError(Exception):
+    """The live accuracy does not (yet) show that a candidate may be promoted."""
 
 
 def read_policy(folder: str) -> ServingPolicy | None:
@@ -148,6 +172,46 @@ def roll_back(folder: str) -> ServingPolicy:
     return change_policy(folder, lambda policy, stable: policy.rolled_back())
 
 
+def live_accuracy_lines(store: str, folder: str) -> list[str]:
+    """`status`'s lines on live accuracy: stable and the canary, side by side."""
+    policy = read_policy(folder)
+    stable = stable_version(folder, policy)
+    canary = policy.canary_version if policy is not None else None
+    name = os.path.basename(folder)
+    try:
+        found = per_version(live_accuracy(Database(store), name), name)
+    except (StoreUnavailableError, StoreSchemaError) as error:
+        return [f"live accuracy: the prediction store cannot be read ({error})"]
+    lines = [f"live accuracy (feedback in the prediction store; stable {stable}, canary "
+             f"{canary if canary is not None else 'none'}):"]
+    lines += describe_comparison(found.get(stable, NO_FEEDBACK), found.get(canary, NO_FEEDBACK))
+    others = sorted(set(found) - {stable, canary})
+    lines += [f"  version {version}: {found[version].correct}/{found[version].labelled} right"
+              for version in others]
+    return lines
+
+
+def check_evidence(store: str, folder: str, version: int | None, min_feedback: int,
+                   margin: float) -> str:
+    """The reason the feedback allows promoting `version` (default: the canary) over stable;
+    EvidenceError with the reason when it does not."""
+    policy = read_policy(folder)
+    stable = stable_version(folder, policy)
+    chosen = version if version is not None else (policy.canary_version if policy else None)
+    if chosen is None:
+        raise ReleaseError("there is no canary to promote; name a version")
+    name = os.path.basename(folder)
+    try:
+        found = per_version(live_accuracy(Database(store), name), name)
+    except (StoreUnavailableError, StoreSchemaError) as error:
+        raise EvidenceError(f"the prediction store cannot be read: {error}") from None
+    passed, reason = evidence(found.get(stable, NO_FEEDBACK), found.get(chosen, NO_FEEDBACK),
+                              min_feedback, margin)
+    if not passed:
+        raise EvidenceError(f"version {chosen} is not promoted over {stable}: {reason}")
+    return reason
+
+
 def describe(folder: str) -> str:
     """The model's versions and policy, in lines for a person."""
     if not os.path.isdir(folder):
@@ -186,6 +250,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      description="Show or change which versions of a model serve.")
     parser.add_argument("--models-dir", default=os.environ.get("MODEL_DIR") or "models",
                         help="the models folder (default: $MODEL_DIR, else models)")
+    parser.add_argument("--store", default=os.environ.get("PREDICTION_STORE", ""),
+                        help="the prediction store, for live accuracy (default: "
+                             "$PREDICTION_STORE)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="versions, labels, canary and history").add_argument("model")
     canary = commands.add_parser("canary", help="set or end the canary")
@@ -199,11 +266,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     promoted = commands.add_parser("promote", help="make the canary, or a version, stable")
     promoted.add_argument("model")
     promoted.add_argument("version", nargs="?", type=positive_int)
+    promoted.add_argument("--require-evidence", action="store_true",
+                          help="promote only if live accuracy shows the version no worse "
+                               "than stable by more than --margin (exit 3 otherwise)")
+    promoted.add_argument("--margin", type=float, default=EVIDENCE_MARGIN,
+                          help=f"for --require-evidence ({EVIDENCE_MARGIN})")
     commands.add_parser("rollback", help="make the previous stable version stable again"
                         ).add_argument("model")
     args = parser.parse_args(argv)
     if args.command == "canary" and (args.version is None) == (not args.off):
         parser.error("canary takes a version, or --off")
+    if args.command == "promote" and args.require_evidence and not args.store:
+        parser.error("--require-evidence reads the prediction store: set PREDICTION_STORE "
+                     "or --store")
     return args
 
 
@@ -235,13 +310,22 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "canary":
             set_canary(folder, args.version, args.percent, args.mode)
         elif args.command == "promote":
+            if args.require_evidence:
+                print("evidence: " + check_evidence(
+                    args.store, folder, args.version,
+                    Settings.from_env().release_min_feedback, args.margin))
             promote(folder, args.version)
         elif args.command == "rollback":
             roll_back(folder)
         print(describe(folder))
+        if args.store:
+            print("\n".join(live_accuracy_lines(args.store, folder)))
     except ReleaseError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except EvidenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return NOT_ENOUGH_EVIDENCE
     return 0
 
 

@@ -22,6 +22,7 @@ from service.observability import metrics
 if TYPE_CHECKING:
     from service.models.inference import ServingModel
     from service.models.routing import Route
+    from service.store.recorder import PredictionRecorder
 
 log = logging.getLogger("service.models.shadow")
 
@@ -29,22 +30,28 @@ log = logging.getLogger("service.models.shadow")
 # images (MAX_IMAGES_PER_REQUEST of them, decoded: 32 CIFAR images are 96 KiB).
 QUEUE_LENGTH = 16
 
-_Copy = collections.namedtuple("_Copy", "name shadow stable_version images answered")
+_Copy = collections.namedtuple("_Copy", "name shadow stable_version images answered "
+                                        "prediction_ids")
 
 
 class ShadowRunner:
     """Classifies copies of requests with their shadow version, in the background, and counts."""
 
     def __init__(self, run: Callable[["ServingModel", np.ndarray], np.ndarray],
-                 queue_length: int = QUEUE_LENGTH):
+                 queue_length: int = QUEUE_LENGTH, recorder: "PredictionRecorder | None" = None):
         self._run_model = run
+        # With the prediction store on, the shadow's answers join the rows of the
+        # predictions they copy, by prediction id (service/store/recorder.py).
+        self._recorder = recorder
         self._queue = collections.deque()
         self._queue_length = queue_length
         self._waiting = threading.Condition()
         self._thread = None
 
-    def offer(self, route: "Route", images: np.ndarray, probabilities: np.ndarray) -> bool:
-        """Queue a copy of a request that stable answered with `probabilities`; False if dropped."""
+    def offer(self, route: "Route", images: np.ndarray, probabilities: np.ndarray,
+              prediction_ids: list[str] | None = None) -> bool:
+        """Queue a copy of a request that stable answered with `probabilities` (recorded under
+        `prediction_ids`, when the store is on); False if dropped."""
         # Compared by label, not by index: a canary may order (or change) its classes.
         answered = [route.model.classes[index] for index in np.argmax(probabilities, axis=1)]
         with self._waiting:
@@ -52,7 +59,7 @@ class ShadowRunner:
                 metrics.count_shadow_skipped(route.name, route.shadow, "queue_full")
                 return False
             self._queue.append(_Copy(route.name, route.shadow, route.model.version, images,
-                                     answered))
+                                     answered, prediction_ids))
             if self._thread is None:
                 # Started on first use, in the worker that uses it (gunicorn forks first).
                 self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
@@ -82,3 +89,6 @@ class ShadowRunner:
         agreed = sum(label == answer for label, answer in zip(labels, copy.answered, strict=True))
         metrics.count_shadow(copy.name, copy.shadow, copy.stable_version, agreed,
                              len(copy.images), seconds)
+        if self._recorder is not None and copy.prediction_ids is not None:
+            self._recorder.record_shadow(copy.name, copy.shadow, copy.prediction_ids,
+                                         probabilities)

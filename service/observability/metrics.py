@@ -85,6 +85,23 @@ API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none re
 API_KEY_RELOADS = Counter("api_key_file_reloads_total",
                           "Reads of API_KEY_FILE, at start and after each change, by outcome.",
                           ["outcome"])
+STORE_WRITTEN = Counter("prediction_store_records_written_total",
+                        "Predictions written to the prediction store.", ["model"])
+STORE_DROPPED = Counter("prediction_store_records_dropped_total",
+                        "Records the prediction store did not keep: its queue was full, or the "
+                        "write failed (database down, locked, full or read-only).",
+                        ["model", "reason"])
+FEEDBACK = Counter("feedback_total",
+                   "Feedback taken (each prediction's first true class), by the version that "
+                   "answered and whether its top-1 label was the true class: the live "
+                   "accuracy's counts.", [*MODEL, "outcome"])
+DRIFT_PSI = Gauge("model_drift_psi",
+                  "Population stability index of a version's last answers in each worker against "
+                  "its held-out test images: the top-1 class mix, or the top-1 confidence.",
+                  ["model", "version", "aspect"], multiprocess_mode="liveall")
+DRIFT_WINDOW = Gauge("model_drift_window_images",
+                     "Answers in the drift window the PSI was computed on, per worker.",
+                     ["model", "version"], multiprocess_mode="liveall")
 
 
 def version_label(route: "Route") -> str:
@@ -127,6 +144,30 @@ def count_shadow_skipped(name: str, shadow: "ServingModel", reason: str) -> None
 
 # model name -> versions whose memory this worker reports, so an unloaded one reads 0.
 _memory_reported: dict[str, set[int]] = {}
+
+
+def count_store_written(model: str) -> None:
+    """Count a prediction written to the store."""
+    STORE_WRITTEN.labels(model).inc()
+
+
+def count_store_dropped(model: str, reason: str) -> None:
+    """Count a record the store did not keep, and why (queue_full or write_failed)."""
+    STORE_DROPPED.labels(model, reason).inc()
+
+
+def count_feedback(model: str, version: int, label: str | None, correct: bool) -> None:
+    """Count a prediction's first true class: right (its top-1) or wrong."""
+    FEEDBACK.labels(model, str(version), label or "none",
+                    "correct" if correct else "wrong").inc()
+
+
+def record_drift(model: str, version: int, window: int, class_psi: float,
+                 confidence_psi: float) -> None:
+    """Set a version's drift gauges (service/observability/drift.py)."""
+    DRIFT_PSI.labels(model, str(version), "class_mix").set(class_psi)
+    DRIFT_PSI.labels(model, str(version), "confidence").set(confidence_psi)
+    DRIFT_WINDOW.labels(model, str(version)).set(window)
 
 
 def record_model_load(name: str, model: "ServingModel", seconds: float) -> None:

@@ -13,18 +13,21 @@ classification extension the top K as BYTES "<probability>:<index>:<label>".
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from service.models.routing import Route, RoutingError
 from service.open_inference.tensors import InferRequest, OutputTensor, RequestedOutput, TensorError
 from service.serving import Serving
+from service.store.recorder import Origin
 
 SERVER_NAME = "image-classifier-service"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "litert_tflite"
 IMAGE_INPUT, PIXELS_INPUT, OUTPUT = "image", "pixels", "probabilities"
+# The answer's parameter that carries the prediction ids, with the prediction store on.
+PREDICTION_IDS = "prediction_ids"
 
 
 @dataclass(frozen=True)
@@ -35,27 +38,36 @@ class Inference:
     request: InferRequest
     outputs: list[OutputTensor]
     image_count: int
+    # One per image, in batch order; None while the prediction store is off.
+    prediction_ids: list[str] | None = None
 
     def header(self, name: str) -> dict:
-        """The answer's model_name, model_version and (when the request had one) id."""
+        """The answer's model_name, model_version, (when the request had one) id, and the
+        prediction ids as the parameter "prediction_ids" (comma-separated, batch order)."""
         header = {"model_name": name, "model_version": str(self.route.model.version)}
         if self.request.id is not None:
             header["id"] = self.request.id
+        if self.prediction_ids is not None:
+            # Parameters hold scalars only, in both encodings: one string of ids.
+            header["parameters"] = {PREDICTION_IDS: ",".join(self.prediction_ids)}
         return header
 
 
 def infer(serving: Serving, name: str, version: str | None, routing_key: str | None,
-          parse: Callable[[], InferRequest]) -> Inference:
-    """Route, read the request (`parse`), check it, classify through the batcher, answer."""
+          parse: Callable[[], InferRequest], origin: Origin) -> Inference:
+    """Route, read the request (`parse`), check it, classify through the batcher, answer;
+    `origin` is the request as the prediction store keeps it, without its images."""
     chosen = serving.route(name, version, routing_key=routing_key)
     model = chosen.model
     with serving.batcher.expect() as expectation:
         parsed = parse()
         outputs = requested_outputs(parsed, model)
         images = batch_images(parsed.inputs, model, serving)
-        probabilities = serving.classify(chosen, images, expectation)
+        encoded = parsed.inputs[0].data if parsed.inputs[0].name == IMAGE_INPUT else None
+        probabilities, ids = serving.classify(chosen, images, expectation,
+                                              replace(origin, encoded=encoded))
     return Inference(chosen, parsed, [output_tensor(requested, model, probabilities)
-                                      for requested in outputs], len(images))
+                                      for requested in outputs], len(images), ids)
 
 
 def server_ready(serving: Serving) -> bool:

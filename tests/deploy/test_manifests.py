@@ -405,3 +405,15 @@ def test_dev_ships_the_model_in_an_image_with_no_volume():
     assert init["command"][-1] == target
     assert [mount["name"] for mount in init["volumeMounts"] if mount["mountPath"] == target] == [
         mount["name"] for mount in api["volumeMounts"] if mount["mountPath"] == target]
+
+
+def test_the_api_and_the_release_job_read_the_prediction_store_from_one_secret():
+    # Optional: without the Secret the store stays off, and nothing fails to start.
+    reference = {"secretKeyRef": {"name": "image-classifier-prediction-store", "key": "url",
+                                  "optional": True}}
+    api = find(render("overlays/production"), "Deployment", "image-classifier-api")[0]
+    job = find(render("jobs/release"), "Job")[0]
+    for pod in (api, job):
+        container = pod["spec"]["template"]["spec"]["containers"][0]
+        store = [entry for entry in container.get("env", []) if entry["name"] == "PREDICTION_STORE"]
+        assert store == [{"name": "PREDICTION_STORE", "valueFrom": reference}], pod["kind"]

@@ -104,7 +104,12 @@ def container_arguments(pod, container, volumes, config_maps, secrets):
             arguments += ["--env", f"{key}={value}"]
     for entry in container.get("env", []):
         reference = entry["valueFrom"]["secretKeyRef"]
-        arguments += ["--env", f"{entry['name']}={secrets[reference['name']][reference['key']]}"]
+        value = secrets.get(reference["name"], {}).get(reference["key"])
+        if value is None:
+            # The kubelet leaves the variable unset when an optional Secret or key is absent.
+            assert reference.get("optional"), f"Secret {reference['name']} is required"
+            continue
+        arguments += ["--env", f"{entry['name']}={value}"]
     if "command" in container:
         arguments += ["--entrypoint", container["command"][0]]
     return arguments

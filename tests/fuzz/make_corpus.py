@@ -298,11 +298,29 @@ def policy_seeds():
     }
 
 
+def feedback_seeds():
+    """POST /feedback bodies: one item, a list, repeats and conflicts of the stored prediction
+    ("ID" stands for its id), an unknown id, a class of no model."""
+    def encoded(document):
+        return json.dumps(document).encode()
+
+    return {
+        "one.json": encoded({"prediction_id": "ID", "class": "red"}),
+        "list.json": encoded([{"prediction_id": "ID", "class": "red"},
+                              {"prediction_id": "ID", "class": "red"}]),
+        "conflict.json": encoded([{"prediction_id": "ID", "class": "red"},
+                                  {"prediction_id": "ID", "class": "blue"}]),
+        "unknown-id.json": encoded({"prediction_id": "Zm9vYmFy", "class": "red"}),
+        "unknown-class.json": encoded({"prediction_id": "ID", "class": "cat"}),
+    }
+
+
 def main():
     """Replace every target's seed folder with freshly made seeds."""
     for target, seeds in {"decode_image": image_seeds(), "read_uploads": upload_seeds(),
                           "model_repository": metadata_seeds(),
                           "serving_policy": policy_seeds(),
+                          "feedback_body": feedback_seeds(),
                           "infer_request": infer_request_seeds(),
                           "grpc_infer_request": grpc_infer_request_seeds()}.items():
         folder = CORPUS_DIR / target

@@ -18,7 +18,7 @@ from tests import support
 # Routes DESIGN.md promises, with their methods; the document must describe exactly these.
 ROUTES = {("/predict", "post"), ("/health/live", "get"), ("/health/ready", "get"),
           ("/health", "get"), ("/model", "get"), ("/metrics", "get"),
-          ("/openapi.json", "get"), ("/", "get"),
+          ("/openapi.json", "get"), ("/", "get"), ("/feedback", "post"),
           # The model repository: every model, and predict by model, version or label.
           ("/models", "get"), ("/models/{name}", "get"), ("/models/{name}/predict", "post"),
           ("/models/{name}/versions/{version}/predict", "post"),
@@ -101,7 +101,9 @@ def schemathesis_command():
 
 @pytest.mark.parametrize("api_key", ["", "sesame"], ids=["open", "with-api-key"])
 def test_the_running_service_keeps_to_its_document(start_service, models_dir, tmp_path, api_key):
-    service = start_service(models_dir, api_key=api_key)
+    # With the prediction store on, so that /feedback reads what it is sent.
+    service = start_service(models_dir, api_key=api_key,
+                            prediction_store=str(tmp_path / "store"))
     served = requests.get(service.url("/openapi.json"), timeout=10).json()
     validate(served)
     assert operations(served) == ROUTES

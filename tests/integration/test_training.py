@@ -34,6 +34,11 @@ def test_a_version_is_published_with_model_metadata_and_pictures(trained_models)
     assert 0 <= metadata["metrics"]["test_accuracy"] <= 1
     assert set(metadata["metrics"]["per_class_accuracy"]) <= set(metadata["classes"])
     assert metadata["dataset"]["test_images"] == 18
+    reference = metadata["drift_reference"]
+    assert reference["images"] == 18 and len(reference["class_mix"]) == 3
+    assert sum(reference["class_mix"]) == pytest.approx(1, abs=1e-5)
+    assert sum(reference["confidence"]) == pytest.approx(1, abs=1e-5)
+    assert "prediction_profile" not in metadata["metrics"]
     training = metadata["training"]
     assert training["epochs_run"] >= 1 and 1 <= training["best_epoch"] <= training["epochs_run"]
     assert training["seconds"] > 0 and training["early_stopping"]["restore_best_weights"]
@@ -213,3 +218,23 @@ def test_the_shipped_digits_model_is_retrained_from_scikit_learns_package(tmp_pa
     assert metadata["dataset"]["test_images"] == 180
     # The shipped version's 0.9889 is 178 of 180; a retrain lands within a few images of it.
     assert metadata["metrics"]["test_accuracy"] >= 0.95
+
+
+def test_training_on_a_base_set_plus_exported_feedback(shapes_dataset, tmp_path):
+    # The feedback folder holds only some classes, and one picture of the base set again:
+    # the classes are the union, and the picture counts once.
+    feedback = tmp_path / "feedback"
+    (feedback / "red").mkdir(parents=True)
+    for index in range(6):
+        support.draw_picture(support.SHAPE_COLOURS["red"], 24, seed=5000 + index).save(
+            feedback / "red" / f"{index}.png")
+    repeated = sorted((shapes_dataset / "red").iterdir())[0]
+    (feedback / "red" / repeated.name).write_bytes(repeated.read_bytes())
+    folder = support.train_tiny_model(shapes_dataset, tmp_path / "models", "--data-dir",
+                                      str(feedback), "--name", "shapes")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["classes"] == ["blue", "green", "red"]
+    assert metadata["dataset"]["folders"] == [str(shapes_dataset), str(feedback)]
+    assert metadata["dataset"]["source"] == str(shapes_dataset)
+    split = metadata["dataset"]
+    assert split["train_images"] + split["validation_images"] + split["test_images"] == 90 + 6

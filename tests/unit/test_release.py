@@ -132,3 +132,67 @@ def test_commands_at_once_apply_one_after_the_other(models):
     assert history[0] == 2 and len(history) == len(candidates)
     assert sorted([*history[1:], final["version_labels"]["stable"]]) == list(candidates)
     assert not [name for name in os.listdir(folder) if name.startswith(".tmp-")]
+
+
+def labelled_store(folder, counts):
+    """A SQLite store in `folder` whose colours predictions got feedback: {version: (labelled,
+    correct)}, each version's as stable or canary."""
+    from service.store.database import Database
+
+    database = Database(str(folder))
+    with database.transaction() as session:
+        for version, (labelled, correct) in counts.items():
+            for index in range(labelled):
+                prediction_id = f"v{version}-{index}"
+                session.run("INSERT INTO predictions (prediction_id, created_at, request_id, "
+                            "model, version, version_label, route, top1, top_k, latency_ms, "
+                            "image_sha256) VALUES (?, 1e9, 'r', 'colours', ?, ?, '/predict', "
+                            "'red', '[]', 1, 'sha')",
+                            (prediction_id, version, "stable" if version == 2 else "canary"))
+                session.run("INSERT INTO feedback (prediction_id, true_class, created_at) "
+                            "VALUES (?, ?, 1e9)",
+                            (prediction_id, "red" if index < correct else "blue"))
+    return str(folder)
+
+
+def test_status_shows_live_accuracy_side_by_side(models, tmp_path, capsys):
+    store = labelled_store(tmp_path / "store", {2: (100, 45), 3: (100, 56)})
+    assert run(models, "canary", "colours", 3) == 0
+    capsys.readouterr()
+    assert release.main(["--models-dir", str(models), "--store", store, "status", "colours"]) == 0
+    printed = capsys.readouterr().out
+    assert "live accuracy (feedback in the prediction store; stable 2, canary 3):" in printed
+    assert "stable: 45/100 right, 95% interval 0.356-0.548" in printed
+    assert "canary: 56/100 right, 95% interval 0.462-0.653" in printed
+    assert "two-proportion z=1.556, p=0.1198: not significant at 0.05" in printed
+
+
+def test_promote_with_evidence_refuses_with_3_and_why(models, tmp_path, capsys, monkeypatch):
+    store = labelled_store(tmp_path / "store", {2: (300, 270), 3: (300, 272)})
+    assert run(models, "canary", "colours", 3) == 0
+    arguments = ["--models-dir", str(models), "--store", store, "promote", "colours",
+                 "--require-evidence"]
+    monkeypatch.setenv("RELEASE_MIN_FEEDBACK", "400")
+    assert release.main(arguments) == 3
+    assert "stable has 300 predictions with feedback; at least 400" in capsys.readouterr().err
+    monkeypatch.setenv("RELEASE_MIN_FEEDBACK", "200")
+    assert release.main(arguments) == 3
+    assert "does not show the canary within 0.01" in capsys.readouterr().err
+    assert policy(models)["version_labels"] == {"canary": 3, "stable": 2}  # unchanged
+    # With a wide margin, the same feedback is evidence enough.
+    assert release.main([*arguments, "--margin", "0.1"]) == 0
+    assert policy(models)["version_labels"] == {"stable": 3}
+
+
+def test_promote_with_evidence_needs_a_store(models, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run(models, "promote", "colours", "--require-evidence")
+    assert exited.value.code == 2
+
+
+def test_promote_with_evidence_from_a_store_that_is_down(models, capsys):
+    assert run(models, "canary", "colours", 3) == 0
+    assert release.main(["--models-dir", str(models), "--store",
+                         "postgresql://nobody@127.0.0.1:9/none", "promote", "colours",
+                         "--require-evidence"]) == 3
+    assert "the prediction store cannot be read" in capsys.readouterr().err
