@@ -5,6 +5,7 @@ from flask.typing import ResponseReturnValue
 
 from service import metrics
 from service.errors import ApiError
+from service.models.confidence import PARAMETER, ThresholdError, parse_threshold, prediction
 from service.openapi import openapi_document
 from service.serving import (
     check_api_key,
@@ -14,6 +15,7 @@ from service.serving import (
     route,
     settings,
     stable_version,
+    unknown,
 )
 from service.uploads import read_uploads
 
@@ -33,6 +35,17 @@ def parse_top_k(class_count: int) -> int:
         raise ApiError(400, "invalid_top_k",
                        f"top_k must be an integer from 1 to {class_count}, not {raw!r}.")
     return top_k
+
+
+def parse_min_confidence() -> float | None:
+    """Read ?min_confidence=, a number from 0 to 1 (None: the version's own)."""
+    raw = request.args.get(PARAMETER)
+    if raw is None:
+        return None
+    try:
+        return parse_threshold(raw)
+    except ThresholdError as error:
+        raise ApiError(400, "invalid_min_confidence", str(error)) from None
 
 
 @blueprint.post("/predict")
@@ -55,14 +68,16 @@ def _predict(name=None, version=None, label=None):
     chosen = route(name, version, label)
     model = chosen.model
     top_k = parse_top_k(len(model.classes))
+    threshold = parse_min_confidence()
     with current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
         probabilities = classify(chosen, images, expectation)
     predictions = []
-    for (filename, _), scores in zip(uploads, probabilities, strict=True):
-        ranked = model.rank(scores, top_k)
-        predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
+    verdicts = unknown(chosen, probabilities, threshold)
+    for (filename, _), scores, verdict in zip(uploads, probabilities, verdicts, strict=True):
+        predictions.append({"filename": filename,
+                            **prediction(model.rank(scores, top_k), verdict)})
     return jsonify({"model": {"name": chosen.name, "version": model.version,
                               "label": chosen.label},
                     "predictions": predictions})

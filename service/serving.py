@@ -17,6 +17,7 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.errors import ApiError
 from service.images import decode_image
+from service.models.confidence import unknown_mask
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.routing import Route
@@ -63,6 +64,16 @@ class Serving:
             self.shadow.offer(chosen, images, probabilities)
         metrics.count_classified(chosen, probabilities)
         return probabilities
+
+    def unknown(self, chosen: Route, probabilities: np.ndarray,
+                threshold: float | None = None) -> np.ndarray:
+        """Which images are answered as unknown: top probability below `threshold` (default:
+        the version's min_confidence); they are counted. Both faces ask here."""
+        model = chosen.model
+        mask = unknown_mask(probabilities,
+                            model.min_confidence if threshold is None else threshold)
+        metrics.count_unknown(chosen, int(mask.sum()))
+        return mask
 
     def decode_batch(self, encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
         """Decode encoded images into one uint8 batch in `model`'s input size, under the
@@ -113,6 +124,11 @@ def classify(chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
     probabilities = serving_of(current_app).classify(chosen, images, expectation)
     g.route, g.image_count = chosen, len(images)
     return probabilities
+
+
+def unknown(chosen: Route, probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Which images are answered as unknown (Serving.unknown)."""
+    return serving_of(current_app).unknown(chosen, probabilities, threshold)
 
 
 def check_api_key() -> None:

@@ -155,8 +155,9 @@ def test_server_and_model_metadata(client):
         assert model["inputs"] == [
             {"name": "image", "datatype": "BYTES", "shape": ["-1"]},
             {"name": "pixels", "datatype": "UINT8", "shape": ["-1", "16", "16", "3"]}]
-        assert model["outputs"] == [{"name": "probabilities", "datatype": "FP32",
-                                     "shape": ["-1", "3"]}]
+        assert model["outputs"] == [
+            {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]},
+            {"name": "unknown", "datatype": "BOOL", "shape": ["-1"]}]
 
 
 def test_model_metadata_names_the_classes(server):

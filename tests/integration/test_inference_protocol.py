@@ -119,7 +119,8 @@ def test_model_metadata_gives_inputs_and_outputs_with_a_batch_dimension(client, 
     assert metadata["inputs"] == [
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": "pixels", "datatype": "UINT8", "shape": [-1, *IMAGE_SIZE]}]
-    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                                   {"name": "unknown", "datatype": "BOOL", "shape": [-1]}]
     assert metadata["platform"]
 
 
