@@ -154,6 +154,21 @@ def measure(test: np.ndarray, ood: dict[str, np.ndarray], threshold: float) -> d
     return report
 
 
+def top_probabilities(predict: Callable[[np.ndarray], np.ndarray], validation: np.ndarray,
+                      test: np.ndarray, input_shape: tuple[int, int, int], seed: int,
+                      own_dataset: str | None = None) -> dict:
+    """The top probability of every picture the threshold is chosen and reported on."""
+    def top(images):
+        return predict(images).max(axis=1)
+
+    choice, report = {}, {}
+    for name, images in ood_sets(input_shape, seed, own_dataset).items():
+        first, second = halves(images, seed)
+        choice[name], report[name] = top(first), top(second)
+    return {"validation": top(validation), "test": top(test), "choice": choice,
+            "report": report}
+
+
 def unknown_answer(predict: Callable[[np.ndarray], np.ndarray], validation: np.ndarray,
                    test: np.ndarray, input_shape: tuple[int, int, int], seed: int,
                    own_dataset: str | None = None) -> tuple[float, dict]:
@@ -162,16 +177,10 @@ def unknown_answer(predict: Callable[[np.ndarray], np.ndarray], validation: np.n
     `predict` maps a uint8 batch to probabilities (the served model); `validation` and
     `test` are the model's own held-out images.
     """
-    def top(images):
-        return predict(images).max(axis=1)
-
-    choice, report = {}, {}
-    sets = ood_sets(input_shape, seed, own_dataset)
-    for name, images in sets.items():
-        first, second = halves(images, seed)
-        choice[name], report[name] = top(first), top(second)
-    threshold = choose_threshold(top(validation), choice)
-    missing = {} if "photos" in sets else {"left_out": "photos: scikit-image is not installed"}
+    scores = top_probabilities(predict, validation, test, input_shape, seed, own_dataset)
+    threshold = choose_threshold(scores["validation"], scores["choice"])
+    missing = ({} if "photos" in scores["report"]
+               else {"left_out": "photos: scikit-image is not installed"})
     return threshold, {**missing,
         "min_confidence": threshold,
         "rule": ("largest mean share of OOD pictures marked unknown minus the share of "
@@ -180,7 +189,7 @@ def unknown_answer(predict: Callable[[np.ndarray], np.ndarray], validation: np.n
         "chosen_on": "the validation split and a random half of each OOD set",
         "reported_on": "the test split and the other half of each OOD set",
         "seed": seed,
-        "report": measure(top(test), report, threshold)}
+        "report": measure(scores["test"], scores["report"], threshold)}
 
 
 def version_images(metadata: dict, data_dir: str | None) -> tuple:
@@ -204,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/3")
     parser.add_argument("--data-dir", help="the folder it was trained on, when not where "
                         "metadata.json says")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="also report the shares marked unknown at these thresholds")
     args = parser.parse_args(argv)
     try:
         with open(os.path.join(args.folder, "metadata.json"), encoding="utf-8") as file:
@@ -214,10 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = ServingModel(args.folder, warm_batch_size=32)
     own = metadata["dataset"]["source"].removeprefix("sklearn.datasets.load_")
-    threshold, entry = unknown_answer(model.infer, validation, test, model.input_shape,
-                                      entry_seed(metadata), own)
+    scores = top_probabilities(model.infer, validation, test, model.input_shape,
+                               entry_seed(metadata), own)
+    threshold = choose_threshold(scores["validation"], scores["choice"])
     print(json.dumps({"min_confidence_published": metadata.get("min_confidence"),
-                      "min_confidence_recomputed": threshold, **entry["report"]}, indent=1))
+                      "min_confidence_recomputed": threshold,
+                      **measure(scores["test"], scores["report"], threshold)}))
+    for other in args.thresholds:
+        shares = {name: entry["share_unknown"]
+                  for name, entry in measure(scores["test"], scores["report"], other).items()}
+        print(json.dumps({"min_confidence": other, "share_unknown": shares}))
     return 0
 
 
