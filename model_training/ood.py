@@ -19,7 +19,6 @@ Reproduce a version's figures with the served model (LiteRT, as the api runs it)
     python -m model_training.ood models/cifar10/3 --data-dir /tmp/data/cifar10/train
 """
 
-import argparse
 import io
 import json
 import os
@@ -193,7 +192,7 @@ def unknown_answer(predict: Callable[[np.ndarray], np.ndarray], validation: np.n
 
 
 def version_images(metadata: dict, data_dir: str | None) -> tuple:
-    """A version's (validation, test) images, split as its training run split them."""
+    """A version's (validation, test) LabelledImages, split as its training run split them."""
     from model_training import train
 
     # The command begins "python -m model_training.train".
@@ -201,18 +200,17 @@ def version_images(metadata: dict, data_dir: str | None) -> tuple:
     if data_dir:
         args.data_dir, args.dataset = data_dir, None
     _, validation, test, _ = train.load_data(args)
-    return validation.images, test.images
+    return validation, test
 
 
 def main(argv: list[str] | None = None) -> int:
     """Recompute a published version's unknown-answer figures with its served model."""
+    from model_training.export import version_folder_parser
     from service.models.inference import ServingModel
 
-    parser = argparse.ArgumentParser(prog="python -m model_training.ood", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/3")
-    parser.add_argument("--data-dir", help="the folder it was trained on, when not where "
-                        "metadata.json says")
+    parser = version_folder_parser("python -m model_training.ood", __doc__,
+                                   "the folder it was trained on, when not where "
+                                   "metadata.json says")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[],
                         help="also report the shares marked unknown at these thresholds")
     args = parser.parse_args(argv)
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = ServingModel(args.folder, warm_batch_size=32)
     own = metadata["dataset"]["source"].removeprefix("sklearn.datasets.load_")
-    scores = top_probabilities(model.infer, validation, test, model.input_shape,
+    scores = top_probabilities(model.infer, validation.images, test.images, model.input_shape,
                                entry_seed(metadata), own)
     threshold = choose_threshold(scores["validation"], scores["choice"])
     print(json.dumps({"min_confidence_published": metadata.get("min_confidence"),
