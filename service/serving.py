@@ -67,11 +67,16 @@ class Serving:
 
     def unknown(self, chosen: Route, probabilities: np.ndarray,
                 threshold: float | None = None) -> np.ndarray:
-        """Which images are answered as unknown: top probability below `threshold` (default:
-        the version's min_confidence); they are counted. Both faces ask here."""
-        model = chosen.model
-        mask = unknown_mask(probabilities,
-                            model.min_confidence if threshold is None else threshold)
+        """Which images are answered as unknown: top probability below `threshold` (the
+        request's), else the model's serving.json min_confidence, else the version's own;
+        they are counted. Both faces ask here."""
+        if threshold is None:
+            found = self.repository.models.get(chosen.name)
+            policy = found.policy if found is not None else None
+            threshold = policy.min_confidence if policy is not None else None
+        if threshold is None:
+            threshold = chosen.model.min_confidence
+        mask = unknown_mask(probabilities, threshold)
         metrics.count_unknown(chosen, int(mask.sum()))
         return mask
 

@@ -2,6 +2,7 @@
 answer on every face (/predict, V2 REST, gRPC), with its metric."""
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,7 +11,9 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from model_training import calibration, ood
+from service.models.artifact import POLICY_FILE
 from service.models.confidence import ThresholdError, parse_threshold, version_threshold
+from service.models.policy import PolicyError, parse_policy
 from service.oip_grpc.servicer import Call, InferenceServicer
 from service.serving import serving_of
 from tests import support
@@ -236,3 +239,33 @@ def test_grpc_gives_the_verdict_and_takes_the_parameter(make_client):
     del typed.raw_input_contents[:]
     answer = servicer.model_infer(typed, Call({}, "test"))
     assert list(answer.outputs[1].contents.bool_contents) == [True]
+
+
+@pytest.mark.parametrize("value", [0, 0.6, 1])
+def test_serving_json_may_carry_a_threshold_and_the_release_steps_keep_it(value):
+    policy = parse_policy(json.dumps({"version_labels": {"stable": 2},
+                                      "min_confidence": value}).encode())
+    assert policy.min_confidence == value
+    promoted = policy.promoted(3, 2, by="test")
+    assert parse_policy(promoted.encode()).min_confidence == value
+    assert "min_confidence" not in parse_policy(b"{}").as_json()
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "0.5", True, [0.5]])
+def test_a_threshold_in_serving_json_outside_zero_to_one_is_refused(value):
+    with pytest.raises(PolicyError, match="min_confidence must be a number from 0 to 1"):
+        parse_policy(json.dumps({"min_confidence": value}).encode())
+
+
+def test_serving_jsons_threshold_overrides_the_versions_and_a_requests_overrides_both(
+        make_client, models_folder):
+    (models_folder / "colours" / POLICY_FILE).write_text(json.dumps({"min_confidence": 0.2}))
+    client = make_client(loader=ColourLoader(min_confidence=0.9))
+
+    def verdicts(query=None):
+        body = client.post("/predict", query_string=query, data=grey_and_red(),
+                           content_type="multipart/form-data").get_json()
+        return [prediction["unknown"] for prediction in body["predictions"]]
+
+    assert verdicts() == [False, False]  # 0.2 from serving.json, not the version's 0.9
+    assert verdicts({"min_confidence": "0.5"}) == [True, False]
