@@ -9,7 +9,7 @@ held-out test split. Each form runs batches of 32 real images on the service's L
 in alternating rounds; prints one JSON line per round and form.
 
     python -m benchmarks.int8_speed --image-list FILE --widths 32 64 --threads 2 --rounds 3
-    python -m benchmarks.int8_speed --image-list FILE --model models/cifar10/3 --data-dir DIR
+    python -m benchmarks.int8_speed --image-list FILE --model models/cifar10/2 FOLDER --data-dir DIR
 """
 
 import argparse
@@ -72,6 +72,25 @@ def images_per_second(run: LiteRunner, images: np.ndarray, seconds: float) -> fl
     return done * BATCH / (time.perf_counter() - started)
 
 
+def published_runners(folders: list[str], data_dir: str | None, threads: int) -> dict:
+    """Runners of every form of each published version; each form's accuracy is printed."""
+    import keras
+
+    import model_training.model  # noqa: F401  (registers the custom layers)
+    from model_training.ood import version_images
+
+    runners = {}
+    for folder in folders:
+        with open(f"{folder}/metadata.json", encoding="utf-8") as file:
+            validation, test = version_images(json.load(file), data_dir)
+        model = keras.saving.load_model(f"{folder}/model.keras", compile=False)
+        own = {(folder, form): LiteRunner(content, BATCH, threads)
+               for form, content in converted(model, validation.images).items()}
+        report_accuracy(own, test)
+        runners.update(own)
+    return runners
+
+
 def report_accuracy(runners: dict, test) -> None:
     """Each form's accuracy on the test split, and its top-1 agreement with float32's."""
     answers = {key: np.concatenate([run(test.images[start:start + BATCH])
@@ -91,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-list", required=True, help="a file naming one image per line")
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--model", help="a published version folder: quantize it, and measure "
-                        "accuracy on its held-out test split too")
+    parser.add_argument("--model", nargs="+", help="published version folders (of one training "
+                        "folder's split): quantize each, and measure accuracy on its held-out "
+                        "test split too")
     parser.add_argument("--data-dir", help="with --model: the folder it was trained on")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -102,18 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = [line.strip() for line in file if line.strip()]
     images = np.stack([decode_image(data, 32, 32, 3, 10**8) for data in read_images(paths)])
     if args.model:
-        import keras
-
-        import model_training.model  # noqa: F401  (registers the custom layers)
-        from model_training.ood import version_images
-
-        with open(f"{args.model}/metadata.json", encoding="utf-8") as file:
-            validation, test = version_images(json.load(file), args.data_dir)
-        model = keras.saving.load_model(f"{args.model}/model.keras", compile=False)
-        forms = {(args.model, form): content
-                 for form, content in converted(model, validation.images).items()}
-        runners = {key: LiteRunner(content, BATCH, args.threads) for key, content in forms.items()}
-        report_accuracy(runners, test)
+        runners = published_runners(args.model, args.data_dir, args.threads)
     else:
         runners = {(width, form): LiteRunner(content, BATCH, args.threads)
                    for width in args.widths
