@@ -55,7 +55,8 @@ def served_labels(url: str, paths: list[str]) -> list:
                  for path in paths[start:start + 32]]
         answer = requests.post(f"{url}/predict?top_k=1", files=files, timeout=60)
         answer.raise_for_status()
-        labels += [prediction["label"] for prediction in answer.json()["predictions"]]
+        # The top label even where the answer is unknown (its "label" is then null).
+        labels += [prediction["top_k"][0]["label"] for prediction in answer.json()["predictions"]]
     return labels
 
 

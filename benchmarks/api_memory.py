@@ -25,6 +25,7 @@ from benchmarks import load
 from benchmarks.grpc_vs_rest import run_level
 from benchmarks.run_benchmark import prepare_images
 from benchmarks.sample import image_parser, read_images
+from service.models.artifact import published_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDE = str(ROOT / "benchmarks" / "compose-direct.yml")
@@ -45,10 +46,11 @@ def model_sets(work_dir):
     """{name: models folder}: the shipped models, and the same with a canary of cifar10."""
     canary = Path(work_dir) / "with-canary"
     shutil.copytree(ROOT / "models", canary)
-    shutil.copytree(canary / "cifar10" / "2", canary / "cifar10" / "3")
+    stable = published_versions(canary / "cifar10")[-1]
+    shutil.copytree(canary / "cifar10" / str(stable), canary / "cifar10" / str(stable + 1))
     (canary / "cifar10" / "serving.json").write_text(json.dumps({
         "model_version_policy": {"latest": {"num_versions": 1}},
-        "version_labels": {"stable": 2, "canary": 3},
+        "version_labels": {"stable": stable, "canary": stable + 1},
         "canary": {"percent": 10, "mode": "split"}}))
     for path in [canary, *canary.rglob("*")]:  # readable by the api's user
         path.chmod(0o755 if path.is_dir() else 0o644)

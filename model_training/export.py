@@ -161,13 +161,21 @@ def export_folder(folder: str, data_dir: str | None = None, max_images: int = 50
     return serving
 
 
+def version_folder_parser(prog: str, description: str,
+                          data_dir_help: str) -> argparse.ArgumentParser:
+    """The command line of a tool that works on one published version folder."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/3")
+    parser.add_argument("--data-dir", help=data_dir_help)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors a user can fix end with one line and exit status 2."""
-    parser = argparse.ArgumentParser(prog="python -m model_training.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a published version folder, e.g. models/cifar10/2")
-    parser.add_argument("--data-dir", help="class subfolders of images to check the converted "
-                        "model on (default: the dataset named in metadata.json, when it is here)")
+    parser = version_folder_parser(
+        "python -m model_training.export", __doc__, "class subfolders of images to check the "
+        "converted model on (default: the dataset named in metadata.json, when it is here)")
     parser.add_argument("--max-images", type=int, default=5000,
                         help="check on at most this many of them, drawn at random (5000)")
     args = parser.parse_args(argv)

@@ -6,6 +6,8 @@ size, and run by the LiteRT runtime the api serves them with: what is compared i
 clients would get. The new version passes when its accuracy is at least stable's minus
 the margin. A version whose classes differ from stable's does not pass unless that is
 asked for, since clients may rely on the labels. The first version of a model passes.
+The verdict line also gives both versions' expected calibration error (ECE, 15 bins) on
+those images, for a person to read; it does not decide.
 """
 
 import io
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from model_training.calibration import expected_calibration_error
 from model_training.data import MAX_TRAINING_PIXELS, LabelledImages
 from service.models.inference import ModelLoadError, ServingModel
 from service.runtime.images import decode_image
@@ -38,15 +41,23 @@ class Verdict:
     margin: float
     passed: bool
     reason: str
+    ece: float | None = None
+    stable_ece: float | None = None
 
     def line(self) -> str:
         """The decision in one line, both accuracies in it."""
         if self.stable_version is None:
             return (f"release gate: version {self.version} is the model's first "
-                    f"({self.accuracy:.4f})")
-        return (f"release gate: version {self.version} {self.accuracy:.4f} against stable "
-                f"version {self.stable_version} {self.stable_accuracy:.4f} (margin "
-                f"{self.margin:g}): {'passed' if self.passed else 'refused, ' + self.reason}")
+                    f"({self.accuracy:.4f}{_ece(self.ece)})")
+        return (f"release gate: version {self.version} {self.accuracy:.4f}{_ece(self.ece)} "
+                f"against stable version {self.stable_version} {self.stable_accuracy:.4f}"
+                f"{_ece(self.stable_ece)} (margin {self.margin:g}): "
+                f"{'passed' if self.passed else 'refused, ' + self.reason}")
+
+
+def _ece(ece: float | None) -> str:
+    """A version's ECE as the verdict line gives it."""
+    return "" if ece is None else f", ECE {ece:.4f}"
 
 
 def load(model_dir: str, version: int) -> ServingModel | None:
@@ -73,17 +84,21 @@ def held_out_images(test_set: LabelledImages) -> list[bytes]:
     return encoded
 
 
-def accuracy(model: ServingModel, encoded: list[bytes], labels: list[str]) -> float:
-    """The share of `encoded` images whose top-1 label from `model` is the true one."""
+def score(model: ServingModel, encoded: list[bytes], labels: list[str]) -> tuple[float, float]:
+    """(accuracy, ECE) of `model` on the `encoded` images: the share whose top-1 label is the
+    true one, and how far its confidence is from its accuracy."""
     height, width, channels = model.input_shape
-    correct = 0
+    probabilities = []
     for start in range(0, len(encoded), BATCH):
         batch = np.stack([decode_image(data, height, width, channels, MAX_TRAINING_PIXELS)
                           for data in encoded[start:start + BATCH]])
-        predicted = np.argmax(model.infer(batch), axis=1)
-        correct += sum(model.classes[index] == label
-                       for index, label in zip(predicted, labels[start:start + BATCH], strict=True))
-    return correct / len(encoded)
+        probabilities.append(model.infer(batch))
+    probabilities = np.concatenate(probabilities)
+    # A label the model does not have counts as wrong (index -1 is never its answer).
+    truth = np.array([model.classes.index(label) if label in model.classes else -1
+                      for label in labels])
+    accuracy = float((probabilities.argmax(axis=1) == truth).mean())
+    return accuracy, expected_calibration_error(probabilities, truth)
 
 
 def judge(model_dir: str, version: int, stable: int | None, test_set: LabelledImages,
@@ -94,19 +109,20 @@ def judge(model_dir: str, version: int, stable: int | None, test_set: LabelledIm
     new = load(model_dir, version)
     if new is None:
         raise ModelLoadError(f"the new version {version} does not load")
-    new_accuracy = accuracy(new, encoded, labels)
+    new_accuracy, new_ece = score(new, encoded, labels)
     old = load(model_dir, stable) if stable is not None and stable != version else None
     if old is None:
-        return Verdict(version, new_accuracy, None, None, margin, True, "")
-    old_accuracy = accuracy(old, encoded, labels)
+        return Verdict(version, new_accuracy, None, None, margin, True, "", new_ece)
+    old_accuracy, old_ece = score(old, encoded, labels)
+    both = {"ece": new_ece, "stable_ece": old_ece}
     if new.classes != old.classes and not allow_class_change:
         return Verdict(version, new_accuracy, stable, old_accuracy, margin, False,
                        f"its classes differ from stable's ({class_change(old, new)}; pass "
-                       "--allow-class-change to release it anyway)")
+                       "--allow-class-change to release it anyway)", **both)
     if new_accuracy < old_accuracy - margin:
         return Verdict(version, new_accuracy, stable, old_accuracy, margin, False,
-                       "it is worse than stable by more than the margin")
-    return Verdict(version, new_accuracy, stable, old_accuracy, margin, True, "")
+                       "it is worse than stable by more than the margin", **both)
+    return Verdict(version, new_accuracy, stable, old_accuracy, margin, True, "", **both)
 
 
 def class_change(old: ServingModel, new: ServingModel) -> str:

@@ -16,6 +16,8 @@ TORCH_INIT = keras.initializers.VarianceScaling(scale=1 / 3, mode="fan_in",
 # The logits are scaled down before the softmax: a gentler start for the classifier head.
 LOGIT_SCALE = 1 / 9
 WHITENING_EPSILON = 5e-4
+# As model_training/calibration.py clips before its logarithm.
+PROBABILITY_EPSILON = 1e-12
 
 
 @keras.saving.register_keras_serializable(package="model_training")
@@ -142,6 +144,30 @@ def with_flip_averaging(model: keras.Model) -> keras.Model:
     outputs = layers.Average(name="flip_average", dtype="float32")([model(inputs),
                                                                      model(mirrored)])
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
+
+
+@keras.saving.register_keras_serializable(package="model_training")
+class TemperatureScaling(layers.Layer):
+    """Class probabilities rescaled by a fitted temperature: softmax(log(p) / T)
+    (model_training/calibration.py fits T)."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probabilities: KerasTensor) -> KerasTensor:
+        log_probabilities = ops.log(ops.clip(probabilities, PROBABILITY_EPSILON, 1.0))
+        return ops.softmax(log_probabilities / self.temperature, axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """`model` followed by temperature scaling, as one served graph."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = TemperatureScaling(temperature, name="temperature", dtype="float32")(model(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_calibrated")
 
 
 def smoothed_sparse_crossentropy(label_smoothing: float) -> Callable:

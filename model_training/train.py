@@ -3,11 +3,13 @@
 import argparse
 import contextlib
 import datetime
+import json
 import math
 import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -15,8 +17,8 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from model_training import calibration, evaluate, gate, ood
 from model_training import data as datasets
-from model_training import evaluate, gate
 from model_training.data import LabelledImages
 from model_training.export import export_serving_forms
 from model_training.model import (
@@ -27,6 +29,7 @@ from model_training.model import (
     make_model,
     whiten,
     with_flip_averaging,
+    with_temperature,
 )
 from model_training.publish import PublishError, check_writable, publish, write_metadata
 from service.models import artifact, release
@@ -90,6 +93,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default="auto",
                         help="training arithmetic (auto: bfloat16 where the CPU has it)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
+    parser.add_argument("--weights-from", metavar="VERSION_FOLDER",
+                        help="no training: take a published version's trained network (e.g. "
+                             "models/cifar10/2), calibrate it and choose its threshold on this "
+                             "run's split, and publish it as a new version (same data and "
+                             "--seed as that version's run, so its held-out images stay out)")
     gate_options = parser.add_argument_group(
         "release", "the gate compares the new version with stable on the held-out images")
     gate_options.add_argument("--release", choices=(PROMOTE, CANARY, PUBLISH), default=PROMOTE,
@@ -217,29 +225,41 @@ def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict, gate.Ve
     plan = plan_training(args, len(train_set.labels))
 
     keras.utils.set_random_seed(args.seed)
-    precision = choose_precision(args.precision)
-    with precision_policy(precision):
-        # 3. Build the network, and fit its frozen stem to these images' patches.
-        model = build_model(args, train_set)
-        compile_model(model, WarmupLinearDecay(plan["peak_learning_rate"], plan["steps"]),
-                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
-        model.summary(print_fn=lambda line, **kwargs: print(line))
+    if args.weights_from:
+        # 3-4. A published version's trained network instead of a new one.
+        plain, source = trained_network(args.weights_from, train_set)
+    else:
+        precision = choose_precision(args.precision)
+        with precision_policy(precision):
+            # 3. Build the network, and fit its frozen stem to these images' patches.
+            model = build_model(args, train_set)
+            compile_model(model, WarmupLinearDecay(plan["peak_learning_rate"], plan["steps"]),
+                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
+            model.summary(print_fn=lambda line, **kwargs: print(line))
 
-        # 4. Fit, watching the validation set; keep the best epoch's weights.
-        history, seconds = fit(model, train_set, validation_set, args, plan)
+            # 4. Fit, watching the validation set; keep the best epoch's weights.
+            history, seconds = fit(model, train_set, validation_set, args, plan)
+        plain = float32_copy(model, args)
 
-    # 5. The served copy: float32 (it runs on any CPU), averaged over the mirror image if asked.
-    serving_model, metrics = serving_copy(model, args, test_set)
+    # 5. The served copy: float32 (it runs on any CPU), averaged over the mirror image if
+    #    asked, its temperature fitted on the validation split, its threshold chosen.
+    serving_model, metrics, honesty = serving_copy(plain, args, validation_set, test_set)
 
     # 6. Publish the version atomically, with its metadata and pictures. What serves now is
     #    written into serving.json first, so the new version cannot go live before the gate
     #    has judged it.
-    metadata = describe_run(args, argv, name, precision, plan, history, seconds,
-                            (train_set, validation_set, test_set), skipped,
-                            serving_model, metrics)
+    if args.weights_from:
+        metadata, curves = reused_run(args, argv, source, (train_set, validation_set, test_set),
+                                      skipped, metrics)
+    else:
+        metadata = describe_run(args, argv, name, precision, plan, history, seconds,
+                                (train_set, validation_set, test_set), skipped,
+                                serving_model, metrics)
+        curves = history.history
+    metadata.update(honesty.pop("metadata"))
     stable = pin_stable(model_dir)
     folder, version = publish(model_dir, lambda folder, version: write_version(
-        folder, version, serving_model, metadata, history.history, test_set.images))
+        folder, version, serving_model, metadata, curves, test_set.images, honesty))
 
     # 7. The release gate: the new version against stable, on the same held-out images.
     verdict = gate.judge(model_dir, version, stable, test_set, args.gate_margin,
@@ -346,19 +366,70 @@ def fit(model: keras.Model, train_set: LabelledImages, validation_set: LabelledI
     return history, time.monotonic() - started
 
 
-def serving_copy(model: keras.Model, args: argparse.Namespace,
-                 test_set: LabelledImages) -> tuple[keras.Model, dict]:
-    """A float32 copy without optimizer state, and its test metrics (with and without the flip)."""
+def float32_copy(model: keras.Model, args: argparse.Namespace) -> keras.Model:
+    """A float32 copy of the trained network without optimizer state."""
     with precision_policy("float32"):
         plain = make_model(model.input_shape[1:], model.output_shape[-1], width=args.width,
                            cutout=args.cutout)
     plain.set_weights(model.get_weights())
+    return plain
+
+
+def trained_network(folder: str, train_set: LabelledImages) -> tuple[keras.Model, dict]:
+    """A published version's network without its serving wrappers, and its metadata."""
+    import model_training.model  # noqa: F401  (registers the custom layers)
+
+    try:
+        with open(os.path.join(folder, artifact.METADATA_FILE), encoding="utf-8") as file:
+            source = json.load(file)
+        model = keras.saving.load_model(os.path.join(folder, artifact.KERAS_FILE), compile=False)
+    except (OSError, ValueError, KeyError) as error:
+        raise datasets.DataError(f"--weights-from {folder!r}: not a readable version folder "
+                                 f"({getattr(error, 'strerror', None) or error})") from None
+    # The mirror averaging and the temperature wrap the network as a nested model.
+    while any(isinstance(layer, keras.Model) for layer in model.layers):
+        model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    if (source.get("classes") != train_set.class_names
+            or tuple(model.input_shape[1:]) != train_set.images.shape[1:]):
+        raise datasets.DataError(f"--weights-from {folder!r}: its classes or input size differ "
+                                 "from this data's")
+    return model, source
+
+
+def serving_copy(plain: keras.Model, args: argparse.Namespace, validation_set: LabelledImages,
+                 test_set: LabelledImages) -> tuple[keras.Model, dict, dict]:
+    """The served model (mirror averaging if asked, then the fitted temperature), its test
+    metrics (with and without the flip), and its calibration and unknown-answer figures."""
     flipped = with_flip_averaging(plain)
-    metrics = evaluate.evaluate(flipped if args.flip_tta else plain, test_set)
+    served = flipped if args.flip_tta else plain
+    metrics = evaluate.evaluate(served, test_set)
     other = evaluate.evaluate(plain if args.flip_tta else flipped, test_set)
     metrics["test_accuracy_flip_averaged" if not args.flip_tta
             else "test_accuracy_single_view"] = other["test_accuracy"]
-    return (flipped if args.flip_tta else plain), metrics
+    # The temperature is fitted to the answer serving gives: with the flip on, the average.
+    validation = served.predict(validation_set.images, batch_size=256, verbose=0)
+    temperature = calibration.fit_temperature(validation, validation_set.labels)
+    calibrated = with_temperature(served, temperature)
+    before = served.predict(test_set.images, batch_size=256, verbose=0)
+    after = calibration.scale(before, temperature)
+    threshold, unknown = ood.unknown_answer(
+        lambda images: calibrated.predict(images, batch_size=256, verbose=0),
+        validation_set.images, test_set.images, tuple(plain.input_shape[1:]), args.seed,
+        args.dataset)
+    print(f"temperature {temperature:g}; min_confidence {threshold:g}")
+    honesty = {"before": before, "after": after, "labels": test_set.labels,
+               "temperature": temperature, "metadata": {
+                   "min_confidence": threshold,
+                   "calibration": {
+                       "temperature": temperature, "bins": calibration.ECE_BINS,
+                       "at_search_bound": calibration.at_bound(temperature),
+                       "search_range": list(calibration.TEMPERATURE_RANGE),
+                       "fitted_on": f"the validation split ({len(validation_set.labels)} "
+                                    "images), on the served answer"
+                                    + (" (mirror-averaged)" if args.flip_tta else ""),
+                       "test": calibration.calibration_report(before, after, test_set.labels)},
+                   "unknown": unknown}}
+    return calibrated, metrics, honesty
 
 
 def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision: str,
@@ -431,15 +502,54 @@ def dataset_source(args: argparse.Namespace) -> str:
     return args.data_dir[0]
 
 
+def reused_run(args: argparse.Namespace, argv: list[str], source: dict,
+               sets: tuple[LabelledImages, LabelledImages, LabelledImages],
+               skipped: list[str], metrics: dict) -> tuple[dict, str]:
+    """metadata.json's content for a --weights-from run: the source's training, this run's
+    evaluation; and the source's training-curves picture (there were no new epochs)."""
+    train_set, validation_set, test_set = sets
+    training = dict(source["training"])
+    training.update({"command": "python -m model_training.train " + shlex.join(argv),
+                     "weights_from": {"name": source.get("name"),
+                                      "version": source.get("version"),
+                                      "command": source["training"].get("command")},
+                     "flip_test_time_augmentation": args.flip_tta})
+    import tensorflow as tf
+
+    metadata = {
+        "name": default_name(args), "version": None, "classes": train_set.class_names,
+        "input": source["input"], "metrics": metrics,
+        "dataset": {**source.get("dataset", {}), "source": dataset_source(args),
+                    "train_images": int(len(train_set.labels)),
+                    "validation_images": int(len(validation_set.labels)),
+                    "test_images": int(len(test_set.labels)), "skipped_files": len(skipped)},
+        "training": training,
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "framework": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                      "python": platform.python_version()},
+    }
+    return metadata, os.path.join(args.weights_from, artifact.TRAINING_CURVES_FILE)
+
+
 def write_version(folder: str, version: int, serving_model: keras.Model, metadata: dict,
-                  history: dict, test_images: np.ndarray) -> None:
-    """Write every file of one version into `folder`: the model in each of its forms first."""
+                  history: dict | str, test_images: np.ndarray, honesty: dict) -> None:
+    """Write every file of one version into `folder`: the model in each of its forms first.
+
+    `history` is the run's curves, or the path of the picture of a --weights-from source's.
+    """
     metadata["version"] = version
     serving_model.save(os.path.join(folder, artifact.KERAS_FILE))
     # model.tflite and the SavedModel, each checked against the Keras model on the test images.
     metadata["serving"] = export_serving_forms(serving_model, test_images, folder)
     write_metadata(folder, metadata)
-    evaluate.plot_training_curves(history, os.path.join(folder, artifact.TRAINING_CURVES_FILE))
+    curves = os.path.join(folder, artifact.TRAINING_CURVES_FILE)
+    if isinstance(history, str):
+        shutil.copyfile(history, curves)
+    else:
+        evaluate.plot_training_curves(history, curves)
+    calibration.plot_reliability_diagram(
+        honesty["before"], honesty["after"], honesty["labels"], honesty["temperature"],
+        os.path.join(folder, artifact.RELIABILITY_DIAGRAM_FILE))
     evaluate.plot_confusion_matrix(metadata["metrics"]["confusion_matrix"], metadata["classes"],
                                    os.path.join(folder, artifact.CONFUSION_MATRIX_FILE))
 

@@ -15,6 +15,7 @@ from flask import Flask, current_app, g, request
 from service.api_keys import ApiKeys
 from service.config import Settings
 from service.http.errors import ApiError
+from service.models.confidence import unknown_mask
 from service.models.inference import ServingModel
 from service.models.repository import ModelRepository
 from service.models.routing import Route
@@ -83,6 +84,21 @@ class Serving:
         self.drift.observe(chosen.name, chosen.model, probabilities)
         return probabilities, ids
 
+    def unknown(self, chosen: Route, probabilities: np.ndarray,
+                threshold: float | None = None) -> np.ndarray:
+        """Which images are answered as unknown: top probability below `threshold` (the
+        request's), else the model's serving.json min_confidence, else the version's own;
+        they are counted. Both faces ask here."""
+        if threshold is None:
+            found = self.repository.models.get(chosen.name)
+            policy = found.policy if found is not None else None
+            threshold = policy.min_confidence if policy is not None else None
+        if threshold is None:
+            threshold = chosen.model.min_confidence
+        mask = unknown_mask(probabilities, threshold)
+        metrics.count_unknown(chosen, int(mask.sum()))
+        return mask
+
     def decode_batch(self, encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:
         """Decode encoded images into one uint8 batch in `model`'s input size, under the
         pixel limit."""
@@ -144,6 +160,11 @@ def request_origin(encoded: list[bytes] | None, top_k: int | None = None) -> Ori
     rule = request.url_rule.rule if request.url_rule else request.path
     return Origin(rule, g.get("request_id", ""), g.get("started", time.perf_counter()),
                   encoded, request.remote_addr, top_k)
+
+
+def unknown(chosen: Route, probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Which images are answered as unknown (Serving.unknown)."""
+    return serving_of(current_app).unknown(chosen, probabilities, threshold)
 
 
 def check_api_key() -> None:

@@ -179,7 +179,8 @@ class InferenceServicer:
             name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
             inputs=[tensor(**entry) for entry in metadata["inputs"]],
             outputs=[tensor(**entry) for entry in metadata["outputs"]],
-            properties={"classes": json.dumps(metadata["classes"])})
+            properties={"classes": json.dumps(metadata["classes"]),
+                        "min_confidence": json.dumps(metadata["min_confidence"])})
 
     def model_infer(self, request, call):
         """"Inference": the request's tensors through the shared checks and batcher."""

@@ -24,6 +24,7 @@ from service.open_inference.tensors import (
     check_input,
     check_unique,
     flag,
+    min_confidence,
     requested_output,
     tensor_from_raw,
     tensor_from_values,
@@ -62,7 +63,8 @@ def read_request(message: inference.ModelInferRequest) -> InferRequest:
         output.parameters, f"outputs[{index}]")}, index, binary_output)
         for index, output in enumerate(message.outputs))
     check_unique([output.name for output in outputs], "output")
-    return InferRequest(message.id or None, tuple(inputs), outputs, binary_output)
+    return InferRequest(message.id or None, tuple(inputs), outputs, binary_output,
+                        min_confidence(parameters))
 
 
 def parameter_values(parameters, where: str) -> dict:
@@ -113,6 +115,8 @@ def write_response(header: dict, outputs: list[OutputTensor]) -> inference.Model
             response.raw_output_contents.append(to_binary(output))
         elif output.datatype == "BYTES":
             tensor.contents.bytes_contents.extend(output.data)
+        elif output.datatype == "BOOL":
+            tensor.contents.bool_contents.extend(np.asarray(output.data).ravel().tolist())
         else:
             tensor.contents.fp32_contents.extend(np.asarray(output.data).ravel().tolist())
     return response

@@ -191,6 +191,12 @@ def _predict(settings, operation_id, summary, path_parameters=()):
         "description": "How many labels to rank per image: 1 to the number of classes of the "
                        "version that answers (GET /models lists them); more is a 400.",
         "schema": {"type": "integer", "minimum": 1, "default": settings.default_top_k}})
+    operation["parameters"].append({
+        "name": "min_confidence", "in": "query", "required": False,
+        "description": "Answer 'unknown' (label null) for an image whose top confidence is "
+                       "below this, instead of the version's own min_confidence (GET /model). "
+                       "0: never unknown.",
+        "schema": {"type": "number", "minimum": 0, "maximum": 1}})
     operation["requestBody"] = {"required": True, "content": {
         "multipart/form-data": {
             "schema": {"type": "object", "required": ["file"],
@@ -300,7 +306,14 @@ def _schemas(max_images):
             "type": "array", "items": _with_optional(_object({
                 "filename": {"type": "string", "nullable": True,
                              "description": "The multipart file name; null for other forms."},
-                "label": string, "confidence": confidence,
+                "label": {"type": "string", "nullable": True,
+                          "description": "The top label; null when the answer is unknown."},
+                "confidence": confidence,
+                "unknown": {"type": "boolean",
+                            "description": "True when the top confidence is below the "
+                                           "threshold (the version's min_confidence, or the "
+                                           "request's): the picture is likely of none of the "
+                                           "classes. top_k still ranks the best guesses."},
                 "top_k": {"type": "array", "minItems": 1, "items": ranked}}),
                 prediction_id=PREDICTION_ID)}}),
         "Live": _object({"status": {"type": "string", "enum": ["ok"]}}),
@@ -310,6 +323,14 @@ def _schemas(max_images):
                                  "classes": {"type": "array", "items": string},
                                  "input": shape,
                                  "metrics": {"type": "object", "additionalProperties": True},
+                                 "min_confidence": {
+                                     **confidence, "description": "Below this top "
+                                     "confidence an answer is unknown (0: never)."},
+                                 "calibration": {
+                                     "type": "object", "nullable": True,
+                                     "additionalProperties": True,
+                                     "description": "The fitted temperature, and the ECE and "
+                                     "NLL on the test split before and after."},
                                  "created_at": {"type": "string", "nullable": True},
                                  "framework": {"type": "object", "nullable": True,
                                                "additionalProperties": True},
@@ -433,7 +454,9 @@ def _infer(settings, operation_id, parameters):
         "base64 strings in JSON, raw in binary data), or \"pixels\", UINT8 [N, H, W, C] in the "
         f"model's size. N is at most {settings.max_images_per_request}. Output "
         "\"probabilities\", FP32 [N, classes], or with the classification parameter BYTES "
-        "\"<score>:<index>:<label>\" [N, K]. Binary tensor data: JSON first, its length in "
+        "\"<score>:<index>:<label>\" [N, K]; output \"unknown\", BOOL [N]: true where the top "
+        "probability is below the version's min_confidence, or the request parameter "
+        "\"min_confidence\" (0 to 1). Binary tensor data: JSON first, its length in "
         "Inference-Header-Content-Length, then each input's bytes (BYTES elements prefixed "
         "by a 4-byte little-endian length).")
     operation["security"] = _security(settings)
@@ -510,13 +533,15 @@ def _inference_protocol_schemas():
                 "binary_data": boolean, "classification": {"type": "integer", "minimum": 0}}}}}
     response_output = {
         "type": "object", "required": ["name", "datatype", "shape"], "properties": {
-            "name": string, "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
+            "name": string, "datatype": {"type": "string", "enum": ["FP32", "BYTES", "BOOL"]},
             "shape": shape, "parameters": parameters, "data": {"type": "array"}}}
     return {
         "InferenceRequest": {
             "type": "object", "required": ["inputs"], "properties": {
                 "id": string,
-                "parameters": {**parameters, "properties": {"binary_data_output": boolean}},
+                "parameters": {**parameters, "properties": {
+                    "binary_data_output": boolean,
+                    "min_confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
                 "inputs": {"type": "array", "minItems": 1, "items": request_input},
                 "outputs": {"type": "array", "items": request_output}}},
         "InferenceResponse": {
@@ -533,7 +558,11 @@ def _inference_protocol_schemas():
             "name": string, "versions": {"type": "array", "items": string}, "platform": string,
             "inputs": {"type": "array", "items": tensor},
             "outputs": {"type": "array", "items": tensor},
-            "parameters": _object({"classes": {"type": "array", "items": string}})}),
+            "parameters": _object({
+                "classes": {"type": "array", "items": string},
+                "min_confidence": {"type": "number", "minimum": 0, "maximum": 1,
+                                   "description": "The version's threshold of the output "
+                                                  "\"unknown\"."}})}),
         "Live2": _object({"live": boolean}),
         "Ready2": _object({"ready": boolean}),
         "ModelReady": _object({"name": string, "ready": boolean}),

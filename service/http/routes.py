@@ -6,6 +6,7 @@ from flask.typing import ResponseReturnValue
 from service.http.errors import ApiError
 from service.http.openapi import openapi_document
 from service.http.uploads import read_uploads
+from service.models.confidence import PARAMETER, ThresholdError, parse_threshold, prediction
 from service.observability import metrics
 from service.serving import (
     check_api_key,
@@ -17,6 +18,7 @@ from service.serving import (
     serving_of,
     settings,
     stable_version,
+    unknown,
 )
 from service.store.accuracy import live_accuracy
 from service.store.database import StoreSchemaError, StoreUnavailableError
@@ -40,6 +42,17 @@ def parse_top_k(class_count: int) -> int:
     return top_k
 
 
+def parse_min_confidence() -> float | None:
+    """Read ?min_confidence=, a number from 0 to 1 (None: the version's own)."""
+    raw = request.args.get(PARAMETER)
+    if raw is None:
+        return None
+    try:
+        return parse_threshold(raw)
+    except ThresholdError as error:
+        raise ApiError(400, "invalid_min_confidence", str(error)) from None
+
+
 @blueprint.post("/predict")
 def predict() -> Response:
     """Classify every image in the request with the default model (MODEL_NAME)."""
@@ -60,15 +73,18 @@ def _predict(name=None, version=None, label=None):
     chosen = route(name, version, label)
     model = chosen.model
     top_k = parse_top_k(len(model.classes))
+    threshold = parse_min_confidence()
     with current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
         probabilities, ids = classify(chosen, images, expectation,
                                       [data for _, data in uploads], top_k)
     predictions = []
-    for index, ((filename, _), scores) in enumerate(zip(uploads, probabilities, strict=True)):
-        ranked = model.rank(scores, top_k)
-        predictions.append({"filename": filename, **ranked[0], "top_k": ranked})
+    verdicts = unknown(chosen, probabilities, threshold)
+    for index, ((filename, _), scores, verdict) in enumerate(
+            zip(uploads, probabilities, verdicts, strict=True)):
+        predictions.append({"filename": filename,
+                            **prediction(model.rank(scores, top_k), verdict)})
         if ids is not None:
             predictions[-1]["prediction_id"] = ids[index]
     return jsonify({"model": {"name": chosen.name, "version": model.version,

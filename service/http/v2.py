@@ -51,8 +51,9 @@ def server_ready() -> ResponseReturnValue:
 def model_metadata(name: str, version: str | None = None) -> Response:
     """"Model Metadata": inputs and outputs, -1 for the batch dimension."""
     metadata = protocol.model_metadata(serving_of(current_app), name, version)
-    classes = metadata.pop("classes")
-    return jsonify({**metadata, "parameters": {"classes": classes}})
+    parameters = {"classes": metadata.pop("classes"),
+                  "min_confidence": metadata.pop("min_confidence")}
+    return jsonify({**metadata, "parameters": parameters})
 
 
 @blueprint.get("/models/<name>/ready")

@@ -16,6 +16,8 @@ SAVED_MODEL_FILE = "saved_model.pb"
 SAVED_MODEL_VARIABLES = "variables"
 TRAINING_CURVES_FILE = "training-curves.png"
 CONFUSION_MATRIX_FILE = "confusion-matrix.png"
+# Accuracy against confidence before and after temperature scaling (model_training/calibration.py).
+RELIABILITY_DIAGRAM_FILE = "reliability-diagram.png"
 # A version is written under this prefix and renamed to its number once complete.
 TEMPORARY_PREFIX = ".tmp-"
 # What the service needs to serve a version: the labels and input size, and the LiteRT model.

@@ -14,6 +14,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from service.models.artifact import METADATA_FILE, TFLITE_FILE, missing_files
+from service.models.confidence import version_threshold
 from service.process.cpus import on_service_cpus, usable_cores
 
 EXPORT_HINT = "add it with: python -m model_training.export <version folder>"
@@ -111,6 +112,8 @@ class ServingModel:
             self.classes = [str(label) for label in self.metadata["classes"]]
             shape = self.metadata["input"]
             self.input_shape = (int(shape["height"]), int(shape["width"]), int(shape["channels"]))
+            # Below it, an answer is "unknown" (service/models/confidence.py).
+            self.min_confidence = version_threshold(self.metadata)
         except OSError as error:
             raise ModelLoadError(f"unreadable {METADATA_FILE}: {error.strerror}") from None
         # Whatever the file holds: int(1e999) overflows, and json recurses on deep nesting.
@@ -178,5 +181,16 @@ class ServingModel:
                 "input": {"height": height, "width": width, "channels": channels},
                 "metrics": ({key: value for key, value in metrics.items()
                              if key in CLIENT_METRICS} if isinstance(metrics, dict) else {}),
+                "min_confidence": self.min_confidence,
+                "calibration": _calibration(self.metadata),
                 "created_at": self.metadata.get("created_at"),
                 "framework": self.metadata.get("framework"), "loaded_at": self.loaded_at}
+
+
+def _calibration(metadata: dict) -> dict | None:
+    """metadata.json's temperature and test ECE and NLL, before and after, for clients."""
+    found = metadata.get("calibration")
+    if not isinstance(found, dict):
+        return None
+    return {"temperature": found.get("temperature"), "bins": found.get("bins"),
+            "test": found.get("test")}

@@ -9,7 +9,12 @@ unpinned traffic the canary takes and whether it answers it (`split`) or only se
     {"model_version_policy": {"latest": {"num_versions": 2}},
      "version_labels": {"stable": 2, "canary": 3},
      "canary": {"percent": 10, "mode": "split"},
-     "history": [{"stable": 1, "until": "2026-12-06T10:00:00+00:00", "by": "promote"}]}
+     "history": [{"stable": 1, "until": "2026-12-06T10:00:00+00:00", "by": "promote"}],
+     "min_confidence": 0.6}
+
+`min_confidence` (0 to 1) overrides every version's own threshold of the "unknown" answer
+(service/models/confidence.py); a request's own still wins. Write it only once every replica
+and the release command run a version that knows the key: an older one refuses the file.
 
 Every key is optional; with no file at all, the default holds: the newest version that
 loads serves. This module parses, checks and rewrites policies as values; it reads and
@@ -29,7 +34,7 @@ LATEST, SPECIFIC, ALL = "latest", "specific", "all"
 LABEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 # Enough to roll back through a season of releases; older entries drop off the front.
 HISTORY_LENGTH = 20
-KEYS = ("model_version_policy", "version_labels", "canary", "history")
+KEYS = ("model_version_policy", "version_labels", "canary", "history", "min_confidence")
 
 
 class PolicyError(ValueError):
@@ -69,6 +74,8 @@ class ServingPolicy:
     labels: Mapping[str, int] = field(default_factory=dict)
     canary: Canary = Canary()
     history: tuple[dict, ...] = ()
+    # The model's threshold of the unknown answer, over each version's own; None: theirs.
+    min_confidence: float | None = None
 
     @property
     def stable(self) -> int | None:
@@ -88,6 +95,8 @@ class ServingPolicy:
             document["canary"] = {"percent": self.canary.percent, "mode": self.canary.mode}
         if self.history:
             document["history"] = list(self.history)
+        if self.min_confidence is not None:
+            document["min_confidence"] = self.min_confidence
         return document
 
     def encode(self) -> bytes:
@@ -151,7 +160,8 @@ def parse_policy(data: bytes) -> ServingPolicy:
     labels = _labels(document.get("version_labels", {}))
     canary = _canary(document.get("canary"))
     history = _history(document.get("history", []))
-    return _checked(ServingPolicy(versions, labels, canary, history))
+    threshold = _min_confidence(document.get("min_confidence"))
+    return _checked(ServingPolicy(versions, labels, canary, history, threshold))
 
 
 def _checked(policy: ServingPolicy) -> ServingPolicy:
@@ -219,6 +229,15 @@ def _canary(value) -> Canary:
     if mode not in (SPLIT, SHADOW):
         raise PolicyError(f"canary.mode must be {SPLIT!r} or {SHADOW!r}, not {_quote(mode)}")
     return Canary(percent, mode)
+
+
+def _min_confidence(value) -> float | None:
+    """min_confidence: a number from 0 to 1, or absent."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 <= value <= 1:
+        raise PolicyError(f"min_confidence must be a number from 0 to 1, not {_quote(value)}")
+    return value
 
 
 def _history(value) -> tuple[dict, ...]:

@@ -50,6 +50,9 @@ SPLIT_REQUESTS = Counter("model_split_requests_total",
 IMAGES_CLASSIFIED = Counter("images_classified_total", "Images classified.")
 PREDICTIONS = Counter("predictions_total", "Images classified, by top-1 label.",
                       [*MODEL, "label"])
+UNKNOWN_ANSWERS = Counter("unknown_predictions_total",
+                          "Images answered as unknown: top probability below the threshold "
+                          "(the version's min_confidence or the request's).", MODEL)
 SHADOW_IMAGES = Counter("shadow_images_total",
                         "Images a shadow version classified, by whether its top-1 label agreed "
                         "with the answer the client got.",
@@ -119,6 +122,13 @@ def count_classified(route: "Route", probabilities: np.ndarray) -> None:
     for index in np.argmax(probabilities, axis=1).tolist():
         PREDICTIONS.labels(*labels, model.classes[index]).inc()
     IMAGES_CLASSIFIED.inc(len(probabilities))
+
+
+def count_unknown(route: "Route", unknown: int) -> None:
+    """Count the images of a request that were answered as unknown."""
+    if unknown:
+        UNKNOWN_ANSWERS.labels(route.name, str(route.model.version),
+                               version_label(route)).inc(unknown)
 
 
 def observe_inference(route: "Route", seconds: float) -> None:

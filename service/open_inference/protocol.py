@@ -8,8 +8,10 @@ So both faces give the same answers, and the same probabilities for the same ima
 
 The model takes one of two inputs: "image", a BYTES tensor [N] of encoded image files,
 decoded as /predict decodes them, or "pixels", a UINT8 tensor [N, H, W, C] in the model's
-own size. It gives one output, "probabilities", FP32 [N, classes], or with the
-classification extension the top K as BYTES "<probability>:<index>:<label>".
+own size. It gives two outputs: "probabilities", FP32 [N, classes], or with the
+classification extension the top K as BYTES "<probability>:<index>:<label>"; and "unknown",
+BOOL [N], true where the top probability is below the version's min_confidence or the
+request parameter "min_confidence" (service/models/confidence.py).
 """
 
 from collections.abc import Callable
@@ -28,6 +30,7 @@ PLATFORM = "litert_tflite"
 IMAGE_INPUT, PIXELS_INPUT, OUTPUT = "image", "pixels", "probabilities"
 # The answer's parameter that carries the prediction ids, with the prediction store on.
 PREDICTION_IDS = "prediction_ids"
+UNKNOWN_OUTPUT = "unknown"
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def infer(serving: Serving, name: str, version: str | None, routing_key: str | N
         encoded = parsed.inputs[0].data if parsed.inputs[0].name == IMAGE_INPUT else None
         probabilities, ids = serving.classify(chosen, images, expectation,
                                               replace(origin, encoded=encoded))
-    return Inference(chosen, parsed, [output_tensor(requested, model, probabilities)
+    unknown = serving.unknown(chosen, probabilities, parsed.min_confidence)
+    return Inference(chosen, parsed, [output_tensor(requested, model, probabilities, unknown)
                                       for requested in outputs], len(images), ids)
 
 
@@ -106,7 +110,9 @@ def model_metadata(serving: Serving, name: str, version: str | None = None) -> d
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                    {"name": PIXELS_INPUT, "datatype": "UINT8",
                     "shape": [-1, height, width, channels]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]},
+                    {"name": UNKNOWN_OUTPUT, "datatype": "BOOL", "shape": [-1]}],
+        "min_confidence": model.min_confidence,
         "classes": model.classes}
 
 
@@ -160,19 +166,26 @@ def requested_outputs(parsed: InferRequest, model) -> list[RequestedOutput]:
     """The outputs to answer with; every output when the request names none."""
     if not parsed.outputs:
         # "Request Output": when none is named, every output comes back with default settings.
-        return [RequestedOutput(OUTPUT, parsed.binary_output)]
+        return [RequestedOutput(OUTPUT, parsed.binary_output),
+                RequestedOutput(UNKNOWN_OUTPUT, parsed.binary_output)]
     for requested in parsed.outputs:
-        if requested.name != OUTPUT:
+        if requested.name not in (OUTPUT, UNKNOWN_OUTPUT):
             raise TensorError(f"Unknown output {requested.name[:100]!r}: the model gives "
-                              f"{OUTPUT!r}.")
+                              f"{OUTPUT!r} and {UNKNOWN_OUTPUT!r}.")
+        if requested.name == UNKNOWN_OUTPUT and requested.classification:
+            raise TensorError(f"classification applies to {OUTPUT!r}, not {UNKNOWN_OUTPUT!r}.")
         if requested.classification > len(model.classes):
             raise TensorError(f"classification must be from 1 to {len(model.classes)}, the "
                               f"number of classes, not {requested.classification}.")
     return list(parsed.outputs)
 
 
-def output_tensor(requested: RequestedOutput, model, probabilities: np.ndarray) -> OutputTensor:
-    """Raw probabilities, or the top K "<score>:<index>:<label>" (Classification Extension)."""
+def output_tensor(requested: RequestedOutput, model, probabilities: np.ndarray,
+                  unknown: np.ndarray) -> OutputTensor:
+    """Raw probabilities, or the top K "<score>:<index>:<label>" (Classification Extension);
+    or the unknown verdicts."""
+    if requested.name == UNKNOWN_OUTPUT:
+        return OutputTensor(requested.name, "BOOL", (len(unknown),), unknown, requested.binary)
     if not requested.classification:
         return OutputTensor(requested.name, "FP32", probabilities.shape, probabilities,
                             requested.binary)

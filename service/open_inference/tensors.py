@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.http.uploads import decode_base64
+from service.models.confidence import PARAMETER, ThresholdError, parse_threshold
 
 # "Tensor Data Types": every type of the protocol, with its size in bytes (BYTES varies).
 DATATYPES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
@@ -37,7 +38,7 @@ MAX_SHAPE_ELEMENTS = 2**40
 INVALID = "invalid_inference_request"
 
 # The numpy types of the numeric outputs this service answers with, little-endian.
-LITTLE_ENDIAN = {"FP32": "<f4", "UINT8": "u1"}
+LITTLE_ENDIAN = {"FP32": "<f4", "UINT8": "u1", "BOOL": "?"}
 
 
 class TensorError(Exception):
@@ -76,6 +77,8 @@ class InferRequest:
     inputs: tuple
     outputs: tuple
     binary_output: bool = False
+    # The request parameter "min_confidence" (service/models/confidence.py); None: the version's.
+    min_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,18 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> "Infer
     outputs = tuple(requested_output(item, index, binary_output)
                     for index, item in enumerate(_list(request, "outputs", required=False)))
     check_unique([output.name for output in outputs], "output")
-    return InferRequest(request_id, tuple(parsed), outputs, binary_output)
+    return InferRequest(request_id, tuple(parsed), outputs, binary_output,
+                        min_confidence(parameters))
+
+
+def min_confidence(parameters: dict) -> float | None:
+    """The request parameter "min_confidence": a number from 0 to 1, or None when absent."""
+    if PARAMETER not in parameters:
+        return None
+    try:
+        return parse_threshold(parameters[PARAMETER], f'The request parameter "{PARAMETER}"')
+    except ThresholdError as error:
+        raise TensorError(str(error)) from None
 
 
 def encode_infer_response(header: dict,

@@ -57,10 +57,24 @@ function showError(title, message) {
   element("error-message").textContent = message;
   element("error").hidden = false;
   element("labels").hidden = true;
+  element("verdict").hidden = true;
+}
+
+// Below the model's threshold the answer has no label: say "not sure", then the top guesses.
+function showVerdict(prediction) {
+  const verdict = element("verdict");
+  verdict.hidden = !prediction.unknown;
+  const best = prediction.top_k[0];
+  verdict.textContent = prediction.unknown
+    ? `Not sure: this may be none of the things the model knows `
+      + `(${(best.confidence * 100).toFixed(1)}% at most). Its top guesses:`
+    : "";
 }
 
 function showLabels(prediction) {
+  showVerdict(prediction);
   const list = element("labels");
+  list.classList.toggle("guesses", Boolean(prediction.unknown));
   list.replaceChildren(...prediction.top_k.map((ranked, index) => {
     const percent = `${(ranked.confidence * 100).toFixed(1)}%`;
     const item = document.createElement("li");
@@ -87,6 +101,7 @@ async function classify(file) {
   showPreview(file);
   element("error").hidden = true;
   element("labels").hidden = true;
+  element("verdict").hidden = true;
   showStatus(`Classifying ${file.name}…`);
   const form = new FormData();
   form.append("file", file, file.name);

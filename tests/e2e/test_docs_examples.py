@@ -9,6 +9,7 @@ the shape the answer block after it shows, so a changed answer fails here.
 import shutil
 
 import pytest
+from PIL import Image
 
 from tests import markdown, support
 from tests.e2e.compose import running_project, skip_without_compose
@@ -35,13 +36,17 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """The files the examples name: a JPEG, a PNG, and a file that is no image."""
+    """The files the examples name: JPEGs, a PNG, and a file that is no image."""
     folder = tmp_path_factory.mktemp("examples")
     (folder / "cat.jpg").write_bytes(
         support.encode(support.draw_picture(support.SHAPE_COLOURS["red"], size=32)))
     (folder / "ship.png").write_bytes(
         support.encode(support.draw_picture(support.SHAPE_COLOURS["blue"], size=48, seed=1),
                        "PNG"))
+    # A photo of none of CIFAR-10's classes, for the unknown answer's example.
+    skimage_data = pytest.importorskip("skimage.data")
+    (folder / "rocket.jpg").write_bytes(
+        support.encode(Image.fromarray(skimage_data.rocket()), quality=90))
     shutil.copy(support.ROOT / "README.md", folder / "README.md")
     return folder
 

@@ -102,3 +102,24 @@ def test_a_heic_picked_and_an_avif_dropped_get_labels(service, page, tmp_path):
     expect(page.locator("#file-name")).to_have_text("photo.avif")
     expect(page.locator("#labels .label")).to_have_count(3, timeout=30_000)
     expect(page.locator("#error")).to_be_hidden()
+
+
+def test_below_the_threshold_the_page_says_not_sure_and_shows_the_top_guesses(
+        start_service, models_dir, page, tmp_path):
+    # A copy whose min_confidence is 1: no answer reaches it, so every answer is unknown.
+    support.publish_copy(models_dir, 2, metadata_changes={"min_confidence": 1.0})
+    service = start_service(models_dir)
+    picture = tmp_path / "red-circle.jpg"
+    support.draw_picture(support.SHAPE_COLOURS["red"], size=96, seed=3).save(picture, quality=92)
+    expect = sync_api.expect
+
+    page.goto(service.url("/"))
+    expect(page.locator("#model")).to_contain_text("version 2")
+    page.set_input_files("#file", str(picture))
+    verdict = page.locator("#verdict")
+    expect(verdict).to_be_visible(timeout=30_000)
+    expect(verdict).to_contain_text("Not sure")
+    expect(page.locator("#labels .label")).to_have_count(3)
+    expect(page.locator("#labels")).to_have_class("labels guesses")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-not-sure.png"), full_page=True)

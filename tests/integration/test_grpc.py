@@ -155,8 +155,9 @@ def test_server_and_model_metadata(client):
         assert model["inputs"] == [
             {"name": "image", "datatype": "BYTES", "shape": ["-1"]},
             {"name": "pixels", "datatype": "UINT8", "shape": ["-1", "16", "16", "3"]}]
-        assert model["outputs"] == [{"name": "probabilities", "datatype": "FP32",
-                                     "shape": ["-1", "3"]}]
+        assert model["outputs"] == [
+            {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]},
+            {"name": "unknown", "datatype": "BOOL", "shape": ["-1"]}]
 
 
 def test_model_metadata_names_the_classes(server):
@@ -180,8 +181,11 @@ def test_bytes_input_gives_the_probabilities_of_the_rest_face_bit_for_bit(server
     assert probabilities.tobytes() == rest_probabilities(server, images).tobytes()
     answer = result.get_response()
     assert (answer.model_name, answer.model_version, answer.id) == (MODEL, "1", "same-as-rest")
-    # tritonclient sends its inputs raw, so the answer comes back raw.
-    assert len(answer.raw_output_contents) == 1
+    # tritonclient sends its inputs raw, so the answer comes back raw: both outputs, as no
+    # output was named, the verdict as tritonclient reads a BOOL tensor.
+    assert len(answer.raw_output_contents) == 2
+    unknown = result.as_numpy("unknown")
+    assert unknown.dtype == np.bool_ and unknown.shape == (4,)
 
 
 def test_uint8_pixels_give_the_same_probabilities_as_the_encoded_images(client):
@@ -208,7 +212,8 @@ def test_typed_contents_in_give_typed_contents_out(client, server):
     answer, _ = raw_call(server, "ModelInfer", typed_request(images=images),
                          service_pb2.ModelInferResponse)
     assert not answer.raw_output_contents and answer.id == "typed"
-    (output,) = answer.outputs
+    output, unknown = answer.outputs
+    assert unknown.datatype == "BOOL" and len(unknown.contents.bool_contents) == 2
     typed = np.array(output.contents.fp32_contents, np.float32).reshape(output.shape)
     assert typed.tobytes() == raw.tobytes()
     answer, _ = raw_call(server, "ModelInfer", typed_request(pixels=pixels_of(images)),

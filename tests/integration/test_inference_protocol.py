@@ -119,7 +119,8 @@ def test_model_metadata_gives_inputs_and_outputs_with_a_batch_dimension(client, 
     assert metadata["inputs"] == [
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": "pixels", "datatype": "UINT8", "shape": [-1, *IMAGE_SIZE]}]
-    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                                   {"name": "unknown", "datatype": "BOOL", "shape": [-1]}]
     assert metadata["platform"]
 
 
@@ -359,7 +360,10 @@ def test_the_generated_client_gets_the_answers_of_predict(server, generated):
         id="generated", inputs=[RequestInput(name="image", shape=[2], datatype="BYTES",
                                              data=encoded)]))
     assert answer.id == "generated" and answer.model_version == "1"
-    (output,) = answer.outputs
+    # With no output named, both: the probabilities and the unknown verdicts.
+    outputs = {output.name: output for output in answer.outputs}
+    assert sorted(outputs) == ["probabilities", "unknown"]
+    output = outputs["probabilities"]
     probabilities = np.array(output.data.__root__, dtype=np.float32).reshape(output.shape)
     predictions = predict_answers(server, images)
     assert_same_as_predict(probabilities, predictions)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from model_training import evaluate, train
+from model_training.calibration import scale
 from tests import support
 
 
@@ -26,7 +27,8 @@ def test_a_version_is_published_with_model_metadata_and_pictures(trained_models)
     folder = trained_models / "shapes" / "1"
     assert sorted(os.listdir(folder)) == ["confusion-matrix.png", "fingerprint.pb",
                                           "metadata.json", "model.keras", "model.tflite",
-                                          "saved_model.pb", "training-curves.png", "variables"]
+                                          "reliability-diagram.png", "saved_model.pb",
+                                          "training-curves.png", "variables"]
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["name"] == "shapes" and metadata["version"] == 1
     assert metadata["classes"] == ["blue", "green", "red"]
@@ -48,15 +50,22 @@ def test_a_version_is_published_with_model_metadata_and_pictures(trained_models)
     assert metadata["framework"]["tensorflow"] and metadata["framework"]["keras"]
     assert training["flip_test_time_augmentation"] is True
     assert 0 <= metadata["metrics"]["test_accuracy_single_view"] <= 1
+    calibration = metadata["calibration"]
+    assert calibration["bins"] == 15 and calibration["temperature"] > 0
+    assert set(calibration["test"]) == {"ece_before", "ece_after", "nll_before", "nll_after"}
+    assert 0 <= metadata["min_confidence"] < 1
+    report = metadata["unknown"]["report"]
+    assert set(report) == {"test", "digits", "noise", "solid colours", "photos"}
+    assert all(0 <= report[name]["auroc"] <= 1 for name in report if name != "test")
 
 
 def test_the_saved_model_rescales_inside_and_reproduces_its_test_results(trained_models,
                                                                           shapes_dataset):
     folder = trained_models / "shapes" / "1"
     model = keras.saving.load_model(folder / "model.keras")
-    # The served model is the network averaged over the image and its mirror; the network's
-    # first layer after its input scales the raw pixels.
-    network = model.get_layer("cnn")
+    # The served model is the network averaged over the image and its mirror, then scaled
+    # by the fitted temperature; the network's first layer after its input scales the pixels.
+    network = model.get_layer("cnn_flip_averaged").get_layer("cnn")
     assert isinstance(network.layers[1], keras.layers.Rescaling)
     metadata = json.loads((folder / "metadata.json").read_text())
     # The reloaded model, given the same held-out images, makes exactly the recorded predictions.
@@ -70,7 +79,27 @@ def test_the_saved_model_rescales_inside_and_reproduces_its_test_results(trained
     assert np.allclose(model(raw, training=False), model(raw, training=False))
     assert np.allclose(model.predict(raw, verbose=0), model(raw, training=False), atol=1e-5)
     mirrored = (network(raw, training=False) + network(raw[:, :, ::-1], training=False)) / 2
-    assert np.allclose(model(raw, training=False), mirrored, atol=1e-6)
+    temperature = metadata["calibration"]["temperature"]
+    assert np.allclose(model(raw, training=False), scale(np.asarray(mirrored), temperature),
+                       atol=1e-5)
+
+
+def test_a_published_network_is_calibrated_into_a_new_version_without_training(
+        models_dir, shapes_dataset):
+    source = models_dir / "shapes" / "1"
+    status = train.main(["--data-dir", str(shapes_dataset), "--output", str(models_dir),
+                         "--weights-from", str(source), *support.TINY_MODEL_OPTIONS,
+                         "--gate-margin", "0"])
+    assert status == 0
+    first = json.loads((source / "metadata.json").read_text())
+    second = json.loads((models_dir / "shapes" / "2" / "metadata.json").read_text())
+    # The same network on the same split: the same answers, the same fitted temperature.
+    assert second["metrics"]["confusion_matrix"] == first["metrics"]["confusion_matrix"]
+    assert second["calibration"]["temperature"] == first["calibration"]["temperature"]
+    assert second["training"]["weights_from"]["version"] == 1
+    assert "--weights-from" in second["training"]["command"]
+    assert second["serving"]["tflite"]["top1_agreement"] >= 0.999
+    assert (models_dir / "shapes" / "2" / "reliability-diagram.png").exists()
 
 
 def test_small_folders_get_smaller_batches_and_more_epochs():
@@ -206,8 +235,12 @@ def test_a_keras_dataset_that_cannot_be_downloaded_says_so(tmp_path, monkeypatch
 
 
 def test_the_shipped_digits_model_is_retrained_from_scikit_learns_package(tmp_path):
-    shipped = json.loads((support.ROOT / "models" / "digits" / "1" / "metadata.json").read_text())
-    command = shipped["training"]["command"].split()[3:]
+    folder = support.ROOT / "models" / "digits"
+    newest = max(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit())
+    shipped = json.loads((folder / str(newest) / "metadata.json").read_text())
+    # A version calibrated from an earlier one's network names the command that trained it.
+    training = shipped["training"].get("weights_from") or shipped["training"]
+    command = training["command"].split()[3:]
     output = tmp_path / "models"
     command[command.index("--output") + 1] = str(output)
     assert train.main(command) == 0
@@ -218,6 +251,12 @@ def test_the_shipped_digits_model_is_retrained_from_scikit_learns_package(tmp_pa
     assert metadata["dataset"]["test_images"] == 180
     # The shipped version's 0.9889 is 178 of 180; a retrain lands within a few images of it.
     assert metadata["metrics"]["test_accuracy"] >= 0.95
+    # Calibrated on its validation split, with its own threshold and OOD figures.
+    test = metadata["calibration"]["test"]
+    assert test["ece_after"] < test["ece_before"] and test["nll_after"] < test["nll_before"]
+    assert 0 <= metadata["min_confidence"] < 1
+    assert set(metadata["unknown"]["report"]) == {"test", "noise", "solid colours", "photos"}
+    assert (output / "digits" / "1" / "reliability-diagram.png").stat().st_size > 0
 
 
 def test_training_on_a_base_set_plus_exported_feedback(shapes_dataset, tmp_path):

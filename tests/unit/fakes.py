@@ -17,8 +17,10 @@ class ColourModel:
     loaded_at = "2026-11-28T00:00:00+00:00"
     memory_bytes = 4 * 1024 * 1024
 
-    def __init__(self, name="colours", version=7, fail=False):
+    def __init__(self, name="colours", version=7, fail=False, min_confidence=0.0):
         self.name, self.version, self.fail = name, version, fail
+        # Below it, an answer is unknown (service/models/confidence.py); 0: never.
+        self.min_confidence = min_confidence
         self.batch_sizes = []
 
     def infer(self, images, all_cores=False):
@@ -45,8 +47,8 @@ class ColourLoader:
     Versions in `broken` fail to load; with `fail`, the models load but break when run.
     """
 
-    def __init__(self, broken=(), fail=False):
-        self.broken, self.fail = set(broken), fail
+    def __init__(self, broken=(), fail=False, min_confidence=0.0):
+        self.broken, self.fail, self.min_confidence = set(broken), fail, min_confidence
         self.loaded = {}
 
     def __call__(self, path):
@@ -57,7 +59,7 @@ class ColourLoader:
             raise ModelLoadError(f"it has no {' or '.join(missing)}")
         if version in self.broken:
             raise ModelLoadError("unreadable model.tflite: not a model")
-        model = ColourModel(name, version, self.fail)
+        model = ColourModel(name, version, self.fail, self.min_confidence)
         self.loaded[name, version] = model
         return model
 
