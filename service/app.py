@@ -6,6 +6,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import metrics
+from service.admission import Admission
 from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
                       on_batch=metrics.BATCH_SIZE.observe, may_use_all_cores=activity.others_idle)
     app.extensions["batcher"] = batcher
     app.extensions["shadow"] = ShadowRunner(batcher.submit)
+    app.extensions["admission"] = Admission(settings.max_requests_per_version,
+                                            settings.retry_after_seconds,
+                                            enabled=bool(settings.admission))
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)

@@ -4,6 +4,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+# The longest deadline a request or DEFAULT_DEADLINE_MS may give (service/admission.py).
+MAX_DEADLINE_MS = 600_000
+
 
 class SettingsError(Exception):
     """An environment variable holds a value the service cannot use."""
@@ -51,6 +54,22 @@ class Settings:
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
+    # Admission (service/admission.py): 1 refuses what the service cannot take in time
+    # (503 overloaded) instead of letting it wait; 0 lets everything wait, as before.
+    admission: int = 1
+    # Requests a worker lets wait for one of its THREADS (HTTP) or of its gRPC pool before
+    # it refuses the next ones at once: with 16 threads each answering in about 40 ms at
+    # capacity, 16 waiting add about 40 ms (docs/performance.md, "Overload").
+    max_waiting_requests: int = 16
+    # Requests for one model version a worker holds at once (decoding, in the batcher, in
+    # a model call); a canary has its own count. THREADS of HTTP and as many of gRPC.
+    max_requests_per_version: int = 32
+    # The deadline of a request that names none (X-Request-Timeout, the V2 "timeout"
+    # parameter, a gRPC deadline): 100 times the p99 at capacity, so it never refuses
+    # normal traffic, and short of the proxy's 60 s, so work nobody waits for is dropped.
+    default_deadline_ms: int = 10_000
+    # The Retry-After of a 503 overloaded (and the gRPC retry pushback), in seconds.
+    retry_after_seconds: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -70,7 +89,8 @@ class Settings:
         """Refuse values that would make the service misbehave rather than start."""
         at_least_one = ("port", "grpc_port", "workers", "threads", "max_request_bytes",
                         "max_image_pixels", "max_images_per_request", "default_top_k",
-                        "batch_max_size")
+                        "batch_max_size", "max_waiting_requests", "max_requests_per_version",
+                        "default_deadline_ms", "retry_after_seconds")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
@@ -83,6 +103,10 @@ class Settings:
         if self.grpc_workers and self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
                                 "GRPC_WORKERS=0 to turn gRPC off")
+        if self.default_deadline_ms > MAX_DEADLINE_MS:
+            raise SettingsError(f"DEFAULT_DEADLINE_MS must be at most {MAX_DEADLINE_MS}")
+        if self.admission not in (0, 1):
+            raise SettingsError(f"ADMISSION must be 1 (on) or 0 (off), not {self.admission}")
         if self.pin_workers not in (0, 1):
             raise SettingsError(f"PIN_WORKERS must be 1 (on) or 0 (off), not {self.pin_workers}")
         if self.model_poll_seconds <= 0:

@@ -1,13 +1,14 @@
 """The edge where errors become HTTP: the one JSON error body every route answers with.
 
 Below this layer, code raises domain errors that know nothing of HTTP (ImageError,
-UploadError, TensorError, RoutingError); the table here decides the status and code a
-client sees for each.
+UploadError, TensorError, RoutingError, AdmissionError); the table here decides the status
+and code a client sees for each.
 """
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from service.admission import AdmissionError
 from service.images import ImageError
 from service.models.routing import RoutingError
 from service.tensors import INVALID, TensorError
@@ -23,6 +24,11 @@ DOMAIN_ERRORS = {
                   "too_many_parts": (413, "too_many_parts"),
                   "unsupported_media_type": (415, "unsupported_media_type")},
     TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
+    # 499: nginx's "client closed request"; nobody reads it, the log and metrics do.
+    AdmissionError: {"overloaded": (503, "overloaded"),
+                     "deadline_exceeded": (504, "deadline_exceeded"),
+                     "caller_gone": (499, "caller_gone"),
+                     "invalid_deadline": (400, "invalid_deadline")},
     RoutingError: {"model_not_found": (404, "model_not_found"),
                    "version_not_found": (404, "version_not_found"),
                    "label_not_found": (404, "label_not_found"),
@@ -40,7 +46,8 @@ class ApiError(Exception):
         self.message = message
 
 
-def as_api_error(error: ImageError | UploadError | TensorError | RoutingError) -> ApiError:
+def as_api_error(error: ImageError | UploadError | TensorError | RoutingError | AdmissionError
+                 ) -> ApiError:
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
@@ -73,8 +80,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UploadError)
     @app.errorhandler(TensorError)
     @app.errorhandler(RoutingError)
+    @app.errorhandler(AdmissionError)
     def handle_domain_error(error):
-        return handle_api_error(as_api_error(error))
+        response = handle_api_error(as_api_error(error))
+        if getattr(error, "retry_after", None) is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error):

@@ -78,6 +78,17 @@ API_KEYS = Gauge("api_keys_valid", "API keys each worker accepts now (0: none re
 API_KEY_RELOADS = Counter("api_key_file_reloads_total",
                           "Reads of API_KEY_FILE, at start and after each change, by outcome.",
                           ["outcome"])
+QUEUE_DEPTH = Gauge("inference_queue_depth",
+                    "Classification requests admitted and not yet answered, by model version "
+                    "(waiting for the batcher or in a model call), summed over workers.",
+                    ["model", "version"], multiprocess_mode="livesum")
+REFUSALS = Counter("requests_refused_total",
+                   "Requests refused before any model time, by reason: overloaded, "
+                   "deadline_exceeded, caller_gone or invalid_deadline (quota refusals are "
+                   "the proxy's: its access log, status 429).", ["reason"])
+DEADLINE = Histogram("request_deadline_seconds",
+                     "The deadline applied to each classification request, from its arrival.",
+                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 600))
 
 
 def version_label(route: "Route") -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.admission import Deadline, timeout_seconds
 from service.models.routing import Route, RoutingError
 from service.serving import Serving
 from service.tensors import InferRequest, OutputTensor, RequestedOutput, TensorError
@@ -45,15 +46,20 @@ class Inference:
 
 
 def infer(serving: Serving, name: str, version: str | None, routing_key: str | None,
-          parse: Callable[[], InferRequest]) -> Inference:
-    """Route, read the request (`parse`), check it, classify through the batcher, answer."""
+          parse: Callable[[], InferRequest], deadline: Deadline,
+          gone: Callable[[], bool]) -> Inference:
+    """Route, admit (service/admission.py), read the request (`parse`), check it, classify
+    through the batcher, answer. The request's "timeout" parameter (Triton's schedule
+    policy, microseconds) tightens `deadline`; one already passed is refused, not run."""
     chosen = serving.route(name, version, routing_key=routing_key)
     model = chosen.model
-    with serving.batcher.expect() as expectation:
+    with serving.admit(chosen, deadline, gone) as ticket, \
+            serving.batcher.expect() as expectation:
         parsed = parse()
+        ticket.tighten(timeout_seconds(parsed.timeout_us))
         outputs = requested_outputs(parsed, model)
         images = batch_images(parsed.inputs, model, serving)
-        probabilities = serving.classify(chosen, images, expectation)
+        probabilities = serving.classify(chosen, images, expectation, ticket)
     return Inference(chosen, parsed, [output_tensor(requested, model, probabilities)
                                       for requested in outputs], len(images))
 

@@ -7,6 +7,7 @@ from service import metrics
 from service.errors import ApiError
 from service.openapi import openapi_document
 from service.serving import (
+    admit,
     check_api_key,
     classify,
     decode_batch,
@@ -55,10 +56,11 @@ def _predict(name=None, version=None, label=None):
     chosen = route(name, version, label)
     model = chosen.model
     top_k = parse_top_k(len(model.classes))
-    with current_app.extensions["batcher"].expect() as expectation:
+    # Admitted (or refused) before the body is read.
+    with admit(chosen) as ticket, current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
-        probabilities = classify(chosen, images, expectation)
+        probabilities = classify(chosen, images, expectation, ticket)
     predictions = []
     for (filename, _), scores in zip(uploads, probabilities, strict=True):
         ranked = model.rank(scores, top_k)

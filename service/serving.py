@@ -5,13 +5,22 @@ decodes and classifies exactly as the HTTP routes do; the functions below it are
 HTTP routes' view of the same, for the app of the current request.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from flask import Flask, current_app, g, request
 
 from service import metrics
+from service.admission import (
+    ARRIVAL_HEADER,
+    DEADLINE_HEADER,
+    Admission,
+    Deadline,
+    Ticket,
+    deadline_of,
+    socket_closed,
+)
 from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
@@ -38,6 +47,7 @@ class Serving:
     batcher: Batcher
     shadow: ShadowRunner
     keys: ApiKeys
+    admission: Admission
 
     def key_is_valid(self, offered: Iterable[str]) -> bool:
         """Whether a request that offers these keys may classify: none is required, or one
@@ -55,11 +65,18 @@ class Serving:
         model = self.repository.model(name or self.settings.model_name, FIRST_LOAD_WAIT_SECONDS)
         return model.route(self.repository.splitter, version, label, routing_key)
 
-    def classify(self, chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
+    def admit(self, chosen: Route, deadline: Deadline, gone=lambda: False):
+        """Admission for the chosen version (service/admission.py): a context manager
+        giving the request's Ticket, or AdmissionError at once."""
+        return self.admission.admit(chosen.name, chosen.model.version, deadline, gone)
+
+    def classify(self, chosen: Route, images: np.ndarray, expectation,
+                 ticket: Ticket | None = None) -> np.ndarray:
         """Class probabilities from the chosen version, through the batcher; a shadow gets
-        a copy; the request and its images are counted."""
-        probabilities = self.batcher.submit(chosen.model, images, expectation)
-        if chosen.shadow is not None:
+        a copy unless the service is overloaded (a copy never takes a caller's place);
+        the request and its images are counted."""
+        probabilities = self.batcher.submit(chosen.model, images, expectation, ticket)
+        if chosen.shadow is not None and not self.admission.overloaded():
             self.shadow.offer(chosen, images, probabilities)
         metrics.count_classified(chosen, probabilities)
         return probabilities
@@ -75,7 +92,8 @@ class Serving:
 def serving_of(app: Flask) -> Serving:
     """The Serving that `app` was created with (service/app.py)."""
     return Serving(app.config["SETTINGS"], app.extensions["model_repository"],
-                   app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"])
+                   app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"],
+                   app.extensions["admission"])
 
 
 def offered_keys(authorization: str, api_key: str) -> list[str]:
@@ -108,9 +126,31 @@ def stable_version(name: str | None = None) -> ServingModel:
     return repository().model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS).stable()
 
 
-def classify(chosen: Route, images: np.ndarray, expectation) -> np.ndarray:
+def request_deadline() -> Deadline:
+    """This request's deadline: its X-Request-Timeout or DEFAULT_DEADLINE_MS, from its
+    arrival as the trusted proxy stamped it (X-Request-Start), else from now."""
+    trusted = settings().trusted_proxy_hops > 0
+    return deadline_of(request.headers.get(DEADLINE_HEADER),
+                       request.headers.get(ARRIVAL_HEADER) if trusted else None,
+                       settings().default_deadline_ms)
+
+
+def caller_gone_check() -> Callable[[], bool]:
+    """A check, callable from any thread, of whether this request's client has closed its
+    connection (gunicorn's socket; behind nginx, nginx closes it when its client leaves)."""
+    environ = request.environ
+    return lambda: socket_closed(environ.get("gunicorn.socket"))
+
+
+def admit(chosen: Route):
+    """Admission for this request (Serving.admit), with its deadline and its connection."""
+    return serving_of(current_app).admit(chosen, request_deadline(), caller_gone_check())
+
+
+def classify(chosen: Route, images: np.ndarray, expectation,
+             ticket: Ticket | None = None) -> np.ndarray:
     """Class probabilities from the chosen version (Serving.classify), noted for the log."""
-    probabilities = serving_of(current_app).classify(chosen, images, expectation)
+    probabilities = serving_of(current_app).classify(chosen, images, expectation, ticket)
     g.route, g.image_count = chosen, len(images)
     return probabilities
 

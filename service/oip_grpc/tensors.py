@@ -27,6 +27,7 @@ from service.tensors import (
     requested_output,
     tensor_from_raw,
     tensor_from_values,
+    timeout_parameter,
     to_binary,
 )
 
@@ -62,7 +63,8 @@ def read_request(message: inference.ModelInferRequest) -> InferRequest:
         output.parameters, f"outputs[{index}]")}, index, binary_output)
         for index, output in enumerate(message.outputs))
     check_unique([output.name for output in outputs], "output")
-    return InferRequest(message.id or None, tuple(inputs), outputs, binary_output)
+    return InferRequest(message.id or None, tuple(inputs), outputs, binary_output,
+                        timeout_parameter(parameters))
 
 
 def parameter_values(parameters, where: str) -> dict:
