@@ -29,14 +29,25 @@ finds a worker still counting the old ones, and the new ones split 21/11. So a w
 that holds more than one connection above the emptiest other also answers with
 `Connection: close` (as gunicorn does before a restart), and the client's next connection
 goes to a worker with fewer; not while other workers have lately left a connection waiting.
+
+Under overload the worker says no early (service/admission.py). gunicorn queues every
+readable connection for its thread pool without bound, and a request waiting there is
+one the app never sees. Here, once MAX_WAITING_REQUESTS requests wait for a thread, the
+next readable connection goes to a small refusal lane instead: REFUSAL_THREADS threads on
+which the app answers 503 `overloaded` to a prediction before reading its body, and
+health, metrics and every other route as usual (so liveness answers under overload).
 """
 
+import functools
 import select
 import selectors
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from service.config import Settings
 from service.worker_activity import activity
 
 # Long enough for a client that sends its next request as soon as it has the answer;
@@ -48,6 +59,9 @@ BALANCE_RECHECK_SECONDS = 0.005
 BALANCE_LIMIT_SECONDS = 0.05
 # After taking a connection the others left waiting, send none back to them for this long.
 BALANCE_TRUST_SECONDS = 1.0
+# Threads that answer requests beyond MAX_WAITING_REQUESTS (a refusal takes well under a
+# millisecond of Python; two keep one slow client from holding the lane).
+REFUSAL_THREADS = 2
 
 
 class LingeringThreadWorker(ThreadWorker):
@@ -61,6 +75,55 @@ class LingeringThreadWorker(ThreadWorker):
         self._left_waiting_since = None  # when a connection began waiting for the others
         self._left_waiting_seen = 0.0  # when this worker last saw it waiting
         self._others_failed_at = -BALANCE_TRUST_SECONDS  # when they last left one too long
+        self._waiting_limit = 0  # requests that may wait for a thread; 0: no limit
+        self._handed_out = 0  # requests given to the pool (main thread only)
+        self._taken_up = 0  # of those, the ones a thread has begun (pool threads)
+        self._taken_lock = threading.Lock()
+        self._refusals = None
+
+    def init_process(self) -> None:
+        """Read the waiting limit and start the refusal lane, then run as gunicorn does."""
+        # Imported here, in the worker: the master imports this module before it sets
+        # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must first be imported after that.
+        from service.admission import refuse_on_this_thread
+
+        settings = Settings.from_env()
+        if settings.admission:
+            self._waiting_limit = settings.max_waiting_requests
+            self._refusals = ThreadPoolExecutor(REFUSAL_THREADS, "refusal",
+                                                initializer=refuse_on_this_thread)
+        super().init_process()
+
+    def enqueue_req(self, conn) -> None:
+        """Hand the connection's request to a thread. Once MAX_WAITING_REQUESTS wait for
+        one, a connection whose request is here goes to the refusal lane, and one whose
+        request is not here yet waits for it in the poller, not in the pool's queue."""
+        full = self._waiting_limit and self._handed_out - self._taken_up >= self._waiting_limit
+        if full and not _readable([conn.sock], 0):
+            self._wait_for_request(conn)
+            return
+        if full:
+            future = self._refusals.submit(super().handle, conn)
+        else:
+            self._handed_out += 1
+            future = self.tpool.submit(self._take_up, conn)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done))
+
+    def _wait_for_request(self, conn) -> None:
+        """Leave a connection in the poller until its request arrives, as gunicorn does
+        with one that sent nothing in time (enqueue_req again once it is readable)."""
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             functools.partial(self.on_pending_socket_readable, conn))
+
+    def _take_up(self, conn) -> object:
+        """handle(), counted out of the waiting requests as a thread begins it."""
+        with self._taken_lock:
+            self._taken_up += 1
+        return self.handle(conn)
 
     def handle(self, conn) -> object:
         """Answer requests on `conn` while they follow each other closely (a pool thread)."""
