@@ -11,7 +11,9 @@ import tomllib
 
 import kubernetes_validate
 import pytest
+import yaml
 
+from service import metrics
 from service.config import Settings
 from tests import support
 from tests.deploy import crd_schemas, pod_security
@@ -405,3 +407,16 @@ def test_dev_ships_the_model_in_an_image_with_no_volume():
     assert init["command"][-1] == target
     assert [mount["name"] for mount in init["volumeMounts"] if mount["mountPath"] == target] == [
         mount["name"] for mount in api["volumeMounts"] if mount["mountPath"] == target]
+
+
+def test_production_scales_on_the_queue_depth_the_api_exports_through_the_adapter():
+    objects = render("overlays/production")
+    (hpa,) = find(objects, "HorizontalPodAutoscaler", "image-classifier-api")
+    pods = [metric["pods"] for metric in hpa["spec"]["metrics"] if metric["type"] == "Pods"]
+    assert [entry["metric"]["name"] for entry in pods] == [metrics.QUEUE_DEPTH._name]
+    (rules,) = find(objects, "ConfigMap", "image-classifier-prometheus-adapter-rules")
+    (rule,) = yaml.safe_load(rules["data"]["config.yaml"])["rules"]
+    # The adapter serves the series the api exports, under the name the HPA asks for.
+    assert rule["seriesQuery"].startswith(metrics.QUEUE_DEPTH._name + "{")
+    assert rule["name"]["as"] == pods[0]["metric"]["name"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
