@@ -60,6 +60,13 @@ def refusal(kind: str, message: str, retry_after: int | None = None) -> Admissio
 _lane = threading.local()
 
 
+def note_arrival(arrived: float | None) -> None:
+    """Note when the request this thread is about to answer arrived (time.monotonic(), as
+    the gunicorn worker saw its connection turn readable), so that its wait for a thread
+    counts against its deadline; None once it is answered."""
+    _lane.arrived = arrived
+
+
 def refuse_on_this_thread() -> None:
     """Make the calling thread a refusal lane: every request it admits is refused as
     overloaded (service/gunicorn_worker.py, its refusal threads' initializer)."""
@@ -97,7 +104,7 @@ def deadline_of(timeout_ms: str | None, arrival_stamp: str | None, default_ms: f
     gRPC call's own deadline leaves (None without one). Without either, `default_ms`.
     """
     now = time.monotonic()
-    arrived = now - _seconds_since(arrival_stamp)
+    arrived = min(now - _seconds_since(arrival_stamp), getattr(_lane, "arrived", None) or now)
     seconds = default_ms / 1000
     if timeout_ms is not None and timeout_ms.strip():
         seconds = _header_seconds(timeout_ms.strip())

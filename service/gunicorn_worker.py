@@ -80,13 +80,15 @@ class LingeringThreadWorker(ThreadWorker):
         self._taken_up = 0  # of those, the ones a thread has begun (pool threads)
         self._taken_lock = threading.Lock()
         self._refusals = None
+        self._note_arrival = lambda arrived: None  # service/admission.py's, once imported
 
     def init_process(self) -> None:
         """Read the waiting limit and start the refusal lane, then run as gunicorn does."""
         # Imported here, in the worker: the master imports this module before it sets
         # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must first be imported after that.
-        from service.admission import refuse_on_this_thread
+        from service.admission import note_arrival, refuse_on_this_thread
 
+        self._note_arrival = note_arrival
         settings = Settings.from_env()
         if settings.admission:
             self._waiting_limit = settings.max_waiting_requests
@@ -102,6 +104,7 @@ class LingeringThreadWorker(ThreadWorker):
         if full and not _readable([conn.sock], 0):
             self._wait_for_request(conn)
             return
+        conn.arrived = time.monotonic()  # its request is here, or arrives next
         if full:
             future = self._refusals.submit(super().handle, conn)
         else:
@@ -156,7 +159,14 @@ class LingeringThreadWorker(ThreadWorker):
         if (fewest is not None and self.nr_conns > fewest + 1
                 and time.monotonic() - self._others_failed_at > BALANCE_TRUST_SECONDS):
             req.must_close = True
-        return super().handle_request(req, conn)
+        # The wait for a thread counts against the request's deadline (service/admission.py);
+        # a next request on the same connection arrives about now.
+        self._note_arrival(getattr(conn, "arrived", None))
+        conn.arrived = None
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            self._note_arrival(None)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """Each turn of gunicorn's loop: publish the count, end a rest that is over, poll."""

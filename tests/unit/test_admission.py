@@ -278,3 +278,13 @@ def test_behind_a_trusted_proxy_the_time_since_its_arrival_stamp_counts(make_cli
     # Without a trusted proxy, anyone could send the stamp: it is ignored.
     direct = make_client().post("/predict", data=IMAGE, content_type="image/jpeg", headers=stamp)
     assert direct.status_code == 200
+
+
+def test_the_wait_for_a_thread_counts_from_when_the_worker_saw_the_request_arrive():
+    admission.note_arrival(time.monotonic() - 0.4)
+    try:
+        waited = deadline_of("1000", None, 10_000)
+    finally:
+        admission.note_arrival(None)
+    assert 0.5 < waited.remaining() < 0.65
+    assert deadline_of("1000", None, 10_000).remaining() > 0.95
