@@ -22,6 +22,7 @@ Every refusal is an AdmissionError, a domain error that the edges map: service/e
 import collections
 import math
 import re
+import select
 import socket
 import threading
 import time
@@ -215,15 +216,22 @@ class _Admitted:
 
 
 def socket_closed(sock: socket.socket | None) -> bool:
-    """Whether the peer of `sock` has closed it (a pending next request does not count)."""
+    """Whether the peer of `sock` has closed it or shut down its sending side, as nginx
+    takes a client's half-close (EPOLLRDHUP) for an abort; a next request waiting to be
+    read does not count."""
     if sock is None:
         return False
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
+        poller = select.poll()
+        poller.register(sock, select.POLLRDHUP)  # POLLHUP and POLLERR come with any mask
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed here meanwhile
         return True
+
+
+def count_caller_gone() -> None:
+    """Count a request dropped unread because its caller had gone (the gunicorn worker)."""
+    metrics.REFUSALS.labels(reason=CALLER_GONE).inc()
 
 
 def retry_after_ms(error: AdmissionError) -> int | None:

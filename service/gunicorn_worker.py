@@ -41,6 +41,7 @@ health, metrics and every other route as usual (so liveness answers under overlo
 import functools
 import select
 import selectors
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,8 @@ BALANCE_TRUST_SECONDS = 1.0
 # Threads that answer requests beyond MAX_WAITING_REQUESTS (a refusal takes well under a
 # millisecond of Python; two keep one slow client from holding the lane).
 REFUSAL_THREADS = 2
+# New connections a worker takes in one turn of its loop while overloaded.
+OVERLOAD_ACCEPT_BATCH = 64
 
 
 class LingeringThreadWorker(ThreadWorker):
@@ -86,9 +89,15 @@ class LingeringThreadWorker(ThreadWorker):
         """Read the waiting limit and start the refusal lane, then run as gunicorn does."""
         # Imported here, in the worker: the master imports this module before it sets
         # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must first be imported after that.
-        from service.admission import note_arrival, refuse_on_this_thread
+        from service.admission import (
+            count_caller_gone,
+            note_arrival,
+            refuse_on_this_thread,
+            socket_closed,
+        )
 
-        self._note_arrival = note_arrival
+        self._note_arrival, self._caller_gone = note_arrival, socket_closed
+        self._count_caller_gone = count_caller_gone
         settings = Settings.from_env()
         if settings.admission:
             self._waiting_limit = settings.max_waiting_requests
@@ -100,7 +109,10 @@ class LingeringThreadWorker(ThreadWorker):
         """Hand the connection's request to a thread. Once MAX_WAITING_REQUESTS wait for
         one, a connection whose request is here goes to the refusal lane, and one whose
         request is not here yet waits for it in the poller, not in the pool's queue."""
-        full = self._waiting_limit and self._handed_out - self._taken_up >= self._waiting_limit
+        if self._waiting_limit and self._caller_gone(conn.sock):
+            self._drop(conn)
+            return
+        full = self._waiting_full()
         if full and not _readable([conn.sock], 0):
             self._wait_for_request(conn)
             return
@@ -113,6 +125,19 @@ class LingeringThreadWorker(ThreadWorker):
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
 
+    def _drop(self, conn) -> None:
+        """Close a connection whose client has gone, unread: a request it left behind would
+        only take a thread from one still waited for (counted as refused, caller_gone)."""
+        try:
+            left_a_request = _readable([conn.sock], 0) and bool(
+                conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # reset, or nothing there after all
+            left_a_request = False
+        if left_a_request:
+            self._count_caller_gone()
+        self.nr_conns -= 1
+        conn.close()
+
     def _wait_for_request(self, conn) -> None:
         """Leave a connection in the poller until its request arrives, as gunicorn does
         with one that sent nothing in time (enqueue_req again once it is readable)."""
@@ -121,6 +146,11 @@ class LingeringThreadWorker(ThreadWorker):
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              functools.partial(self.on_pending_socket_readable, conn))
+
+    def _waiting_full(self) -> bool:
+        """Whether MAX_WAITING_REQUESTS requests wait for a thread (admission on)."""
+        return bool(self._waiting_limit) and (
+            self._handed_out - self._taken_up >= self._waiting_limit)
 
     def _take_up(self, conn) -> object:
         """handle(), counted out of the waiting requests as a thread begins it."""
@@ -144,11 +174,22 @@ class LingeringThreadWorker(ThreadWorker):
     def accept(self, listener) -> None:
         """Accept as gunicorn does if no other worker holds fewer connections; otherwise
         leave the connection to them, and look again after a moment."""
-        if not self._least_full():
+        overloaded = self._waiting_full()
+        if not overloaded and not self._least_full():
             self._resting_until = time.monotonic() + BALANCE_RECHECK_SECONDS
             self._update_listening()
             return
         super().accept(listener)
+        # Overloaded, take every connection already waiting (up to OVERLOAD_ACCEPT_BATCH):
+        # one a turn of the loop leaves the others in the kernel's backlog, unseen, until
+        # their clients give up and connect again (each time a new connection to accept).
+        for _ in range(OVERLOAD_ACCEPT_BATCH - 1 if overloaded else 0):
+            before = self.nr_conns
+            if before >= self.worker_connections:
+                break
+            super().accept(listener)
+            if self.nr_conns == before:  # none was waiting
+                break
         self._left_waiting_since = None
         activity.set_connections(self.nr_conns)
 
