@@ -20,6 +20,7 @@ Every refusal is an AdmissionError, a domain error that the edges map: service/e
 """
 
 import collections
+import json
 import math
 import re
 import select
@@ -213,6 +214,43 @@ class _Admitted:
     def __exit__(self, *exc) -> None:
         metrics.QUEUE_DEPTH.labels(*self._key).dec()
         self._admission._leave(self._key)
+
+
+def lane_refusals(app: Callable, retry_after: int) -> Callable:
+    """WSGI middleware for a refusal lane: a classifying request (a POST to a /predict or
+    /v2 infer route) is answered 503 `overloaded` at once, in the API's error shape, without
+    the app (whose routing, hooks and log line would cost a refusal as much as an answer);
+    it is counted in the refusals, not logged. Everything else goes to the app, so health
+    and metrics answer as usual."""
+    from service.request_log import REQUEST_ID_HEADER, request_id
+    from service.security_headers import HEADERS, OTHER_POLICY
+
+    message = f"The service is at capacity; try again after {retry_after} s."
+    bodies = {False: json.dumps({"error": {"code": OVERLOADED, "message": message}}).encode(),
+              True: json.dumps({"error": message}).encode()}
+    fixed = [("Content-Type", "application/json"), ("Retry-After", str(retry_after)),
+             *HEADERS.items(), ("Content-Security-Policy", OTHER_POLICY)]
+
+    def middleware(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if not (getattr(_lane, "refusing", False) and environ.get("REQUEST_METHOD") == "POST"
+                and _classifying(path)):
+            return app(environ, start_response)
+        metrics.REFUSALS.labels(reason=OVERLOADED).inc()
+        body = bodies[path.startswith("/v2/")]
+        start_response("503 SERVICE UNAVAILABLE", [
+            *fixed, ("Content-Length", str(len(body))),
+            (REQUEST_ID_HEADER, request_id(environ.get("HTTP_X_REQUEST_ID", "")))])
+        return [body]
+
+    return middleware
+
+
+def _classifying(path: str) -> bool:
+    """Whether `path` is one of the routes that classify (service/routes.py,
+    service/inference_protocol.py)."""
+    return (path == "/predict" or (path.startswith("/models/") and path.endswith("/predict"))
+            or (path.startswith("/v2/models/") and path.endswith("/infer")))
 
 
 def socket_closed(sock: socket.socket | None) -> bool:

@@ -1,6 +1,7 @@
 """Admission and deadlines: refusals before the work, on both faces, with stand-in models."""
 
 import asyncio
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -288,3 +289,37 @@ def test_the_wait_for_a_thread_counts_from_when_the_worker_saw_the_request_arriv
         admission.note_arrival(None)
     assert 0.5 < waited.remaining() < 0.65
     assert deadline_of("1000", None, 10_000).remaining() > 0.95
+
+
+def test_the_refusal_lanes_short_answer_covers_the_classifying_routes_only():
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b"from the app"]
+
+    middleware = admission.lane_refusals(app, retry_after=2)
+
+    def call(method, path):
+        answer = {}
+
+        def start_response(status, headers):
+            answer.update(status=status, headers=dict(headers))
+
+        body = b"".join(middleware({"REQUEST_METHOD": method, "PATH_INFO": path,
+                                    "HTTP_X_REQUEST_ID": "abc-1"}, start_response))
+        return answer["status"], answer["headers"], body
+
+    assert call("POST", "/predict")[2] == b"from the app"  # not on a lane: the app
+    with ThreadPoolExecutor(1, initializer=refuse_on_this_thread) as lane:
+        refused = {path: lane.submit(call, "POST", path).result()
+                   for path in ("/predict", "/models/colours/versions/7/predict",
+                                "/v2/models/colours/infer")}
+        passed = [lane.submit(call, method, path).result()[2]
+                  for method, path in (("GET", "/health/live"), ("GET", "/metrics"),
+                                       ("POST", "/v2/repository/index"), ("GET", "/predict"))]
+    for status, headers, body in refused.values():
+        assert status.startswith("503") and headers["Retry-After"] == "2"
+        assert headers["X-Request-ID"] == "abc-1" and headers["X-Content-Type-Options"]
+        assert int(headers["Content-Length"]) == len(body)
+    assert json.loads(refused["/predict"][2])["error"]["code"] == "overloaded"
+    assert "capacity" in json.loads(refused["/v2/models/colours/infer"][2])["error"]
+    assert passed == [b"from the app"] * 4
