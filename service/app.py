@@ -6,7 +6,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import metrics
-from service.admission import Admission
+from service.admission import Admission, lane_refusals
 from service.api_keys import ApiKeys
 from service.batcher import Batcher
 from service.config import Settings
@@ -60,6 +60,10 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     app.extensions["admission"] = Admission(settings.max_requests_per_version,
                                             settings.retry_after_seconds,
                                             enabled=bool(settings.admission))
+    if settings.admission:
+        # On the gunicorn worker's refusal lane, a classifying request is answered before
+        # Flask sees it (service/gunicorn_worker.py); elsewhere this passes every request on.
+        app.wsgi_app = lane_refusals(app.wsgi_app, settings.retry_after_seconds)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)

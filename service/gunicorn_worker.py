@@ -101,18 +101,9 @@ class LingeringThreadWorker(ThreadWorker):
         settings = Settings.from_env()
         if settings.admission:
             self._waiting_limit = settings.max_waiting_requests
-            self._retry_after = settings.retry_after_seconds
             self._refusals = ThreadPoolExecutor(REFUSAL_THREADS, "refusal",
                                                 initializer=refuse_on_this_thread)
         super().init_process()
-
-    def load_wsgi(self) -> None:
-        """The app, behind the refusal lane's short answer (service/admission.py)."""
-        super().load_wsgi()
-        if self._refusals is not None:
-            from service.admission import lane_refusals
-
-            self.wsgi = lane_refusals(self.wsgi, self._retry_after)
 
     def enqueue_req(self, conn) -> None:
         """Hand the connection's request to a thread. Once MAX_WAITING_REQUESTS wait for
