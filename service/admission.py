@@ -112,7 +112,6 @@ def deadline_of(timeout_ms: str | None, arrival_stamp: str | None, default_ms: f
         seconds = _header_seconds(timeout_ms.strip())
     if call_remaining is not None:
         seconds = min(seconds, max(0.0, call_remaining + now - arrived))
-    metrics.DEADLINE.observe(seconds)
     return Deadline(arrived, seconds)
 
 
@@ -150,7 +149,6 @@ class Ticket:
         """Apply a deadline the request gives in its body (V2 "timeout"); check it at once."""
         if seconds is not None:
             self.deadline = self.deadline.tightened(seconds)
-            metrics.DEADLINE.observe(seconds)
         self.check()
 
     def check(self) -> None:
@@ -213,6 +211,7 @@ class _Admitted:
 
     def __exit__(self, *exc) -> None:
         metrics.QUEUE_DEPTH.labels(*self._key).dec()
+        metrics.DEADLINE.observe(self.ticket.deadline.seconds)  # as finally applied
         self._admission._leave(self._key)
 
 

@@ -87,7 +87,8 @@ REFUSALS = Counter("requests_refused_total",
                    "deadline_exceeded, caller_gone or invalid_deadline (quota refusals are "
                    "the proxy's: its access log, status 429).", ["reason"])
 DEADLINE = Histogram("request_deadline_seconds",
-                     "The deadline applied to each classification request, from its arrival.",
+                     "The deadline applied to each admitted classification request, from its "
+                     "arrival.",
                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 600))
 
 
