@@ -16,7 +16,8 @@ def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np
 
 def evaluate(model: Any, test: LabelledImages, batch_size: int = 256) -> dict:
     """Return test accuracy, per-class accuracy, the confusion matrix, and the profile of the
-    answers that the service's drift gauges compare live answers with (service/drift.py)."""
+    answers that the service's drift gauges compare live answers with
+    (service/observability/drift.py)."""
     probabilities = model.predict(test.images, batch_size=batch_size, verbose=0)
     predicted = probabilities.argmax(axis=1)
     count = len(test.class_names)

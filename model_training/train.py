@@ -449,7 +449,8 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
         "classes": train_set.class_names,
         "input": {"height": int(height), "width": int(width), "channels": int(channels)},
         "metrics": metrics,
-        # What the service's drift gauges compare its live answers with (service/drift.py).
+        # What the service's drift gauges compare its live answers with
+        # (service/observability/drift.py).
         "drift_reference": metrics.pop("prediction_profile", None),
         "dataset": {
             "source": dataset_source(args),

@@ -27,6 +27,7 @@ from service.observability.json_log import configure_logging
 from service.observability.request_log import register_request_logging
 from service.process.cpus import service_cores
 from service.process.worker_activity import activity, register_worker_activity
+from service.runtime.admission import Admission, lane_refusals
 from service.runtime.batcher import Batcher
 from service.store.recorder import recorder_from
 
@@ -74,6 +75,14 @@ def create_app(settings: Settings | None = None, start_models: bool = True) -> F
     app.extensions["prediction_recorder"] = recorder
     app.extensions["drift"] = DriftMonitor(settings.drift_window)
     app.extensions["shadow"] = ShadowRunner(batcher.submit, recorder=recorder)
+    app.extensions["admission"] = Admission(settings.max_requests_per_version,
+                                            settings.retry_after_seconds,
+                                            enabled=bool(settings.admission))
+    if settings.admission:
+        # On the gunicorn worker's refusal lane, a classifying request is answered before
+        # Flask sees it (service/process/gunicorn_worker.py); elsewhere this passes every
+        # request on.
+        app.wsgi_app = lane_refusals(app.wsgi_app, settings.retry_after_seconds)
     register_worker_activity(app)
     register_error_handlers(app)
     register_request_logging(app)

@@ -4,6 +4,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+# The longest deadline a request or DEFAULT_DEADLINE_MS may give (service/runtime/admission.py).
+MAX_DEADLINE_MS = 600_000
+
 
 class SettingsError(Exception):
     """An environment variable holds a value the service cannot use."""
@@ -72,11 +75,27 @@ class Settings:
     # Items in one POST /feedback.
     feedback_max_items: int = 100
     # Answers per version each worker compares with the version's held-out test images, for
-    # the drift gauges (service/drift.py); 0 turns drift off.
+    # the drift gauges (service/observability/drift.py); 0 turns drift off.
     drift_window: int = 1000
     # `release promote --require-evidence` wants at least this much feedback on stable and
     # on the canary before it weighs them (service/models/release.py).
     release_min_feedback: int = 200
+    # Admission (service/runtime/admission.py): 1 refuses what the service cannot take in time
+    # (503 overloaded) instead of letting it wait; 0 lets everything wait, as before.
+    admission: int = 1
+    # Requests a worker lets wait for one of its THREADS (HTTP) or of its gRPC pool before
+    # it refuses the next ones at once: with 16 threads each answering in about 40 ms at
+    # capacity, 16 waiting add about 40 ms (docs/performance.md, "Overload").
+    max_waiting_requests: int = 16
+    # Requests for one model version a worker holds at once (decoding, in the batcher, in
+    # a model call); a canary has its own count. THREADS of HTTP and as many of gRPC.
+    max_requests_per_version: int = 32
+    # The deadline of a request that names none (X-Request-Timeout, the V2 "timeout"
+    # parameter, a gRPC deadline): 100 times the p99 at capacity, so it never refuses
+    # normal traffic, and short of the proxy's 60 s, so work nobody waits for is dropped.
+    default_deadline_ms: int = 10_000
+    # The Retry-After of a 503 overloaded (and the gRPC retry pushback), in seconds.
+    retry_after_seconds: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -96,7 +115,8 @@ class Settings:
         """Refuse values that would make the service misbehave rather than start."""
         at_least_one = ("port", "grpc_port", "workers", "threads", "max_request_bytes",
                         "max_image_pixels", "max_images_per_request", "default_top_k",
-                        "batch_max_size")
+                        "batch_max_size", "max_waiting_requests", "max_requests_per_version",
+                        "default_deadline_ms", "retry_after_seconds")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
@@ -111,7 +131,9 @@ class Settings:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
                                 "GRPC_ENABLED=0 to turn gRPC off")
         self._check_store()
-        for name in ("pin_workers", "grpc_enabled"):
+        if self.default_deadline_ms > MAX_DEADLINE_MS:
+            raise SettingsError(f"DEFAULT_DEADLINE_MS must be at most {MAX_DEADLINE_MS}")
+        for name in ("pin_workers", "grpc_enabled", "admission"):
             if getattr(self, name) not in (0, 1):
                 raise SettingsError(f"{name.upper()} must be 1 (on) or 0 (off), "
                                     f"not {getattr(self, name)}")

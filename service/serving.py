@@ -6,7 +6,7 @@ HTTP routes' view of the same, for the app of the current request.
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,15 @@ from service.models.routing import Route
 from service.models.shadow import ShadowRunner
 from service.observability import metrics
 from service.observability.drift import DriftMonitor
+from service.runtime.admission import (
+    ARRIVAL_HEADER,
+    DEADLINE_HEADER,
+    Admission,
+    Deadline,
+    Ticket,
+    deadline_of,
+    socket_closed,
+)
 from service.runtime.batcher import Batcher
 from service.runtime.images import decode_image
 from service.store.recorder import Origin, PredictionRecorder
@@ -42,6 +51,7 @@ class Serving:
     batcher: Batcher
     shadow: ShadowRunner
     keys: ApiKeys
+    admission: Admission
     # None while the prediction store is off (PREDICTION_STORE empty).
     recorder: PredictionRecorder | None = None
     drift: DriftMonitor = DriftMonitor(0)
@@ -69,16 +79,22 @@ class Serving:
         model = self.repository.model(name or self.settings.model_name, FIRST_LOAD_WAIT_SECONDS)
         return model.route(self.repository.splitter, version, label, routing_key)
 
-    def classify(self, chosen: Route, images: np.ndarray, expectation,
-                 origin: Origin) -> tuple[np.ndarray, list[str] | None]:
+    def admit(self, chosen: Route, deadline: Deadline, gone=lambda: False):
+        """Admission for the chosen version (service/runtime/admission.py): a context
+        manager giving the request's Ticket, or AdmissionError at once."""
+        return self.admission.admit(chosen.name, chosen.model.version, deadline, gone)
+
+    def classify(self, chosen: Route, images: np.ndarray, expectation, origin: Origin,
+                 ticket: Ticket | None = None) -> tuple[np.ndarray, list[str] | None]:
         """Class probabilities from the chosen version, through the batcher, and the images'
         prediction ids (None with the store off); the store records them, a shadow gets a
-        copy, the request and its images are counted. The one hook of every face."""
-        probabilities = self.batcher.submit(chosen.model, images, expectation)
+        copy unless the service is overloaded (a copy never takes a caller's place), the
+        request and its images are counted. The one hook of every face."""
+        probabilities = self.batcher.submit(chosen.model, images, expectation, ticket)
         ids = None
         if self.recorder is not None:
             ids = self.recorder.record(chosen, images, probabilities, origin)
-        if chosen.shadow is not None:
+        if chosen.shadow is not None and not self.admission.overloaded():
             self.shadow.offer(chosen, images, probabilities, ids)
         metrics.count_classified(chosen, probabilities)
         self.drift.observe(chosen.name, chosen.model, probabilities)
@@ -111,7 +127,8 @@ def serving_of(app: Flask) -> Serving:
     """The Serving that `app` was created with (service/app.py)."""
     return Serving(app.config["SETTINGS"], app.extensions["model_repository"],
                    app.extensions["batcher"], app.extensions["shadow"], app.extensions["api_keys"],
-                   app.extensions.get("prediction_recorder"), app.extensions["drift"])
+                   app.extensions["admission"], app.extensions.get("prediction_recorder"),
+                   app.extensions["drift"])
 
 
 def offered_keys(authorization: str, api_key: str) -> list[str]:
@@ -144,13 +161,34 @@ def stable_version(name: str | None = None) -> ServingModel:
     return repository().model(name or settings().model_name, FIRST_LOAD_WAIT_SECONDS).stable()
 
 
+def request_deadline() -> Deadline:
+    """This request's deadline: its X-Request-Timeout or DEFAULT_DEADLINE_MS, from its
+    arrival as the trusted proxy stamped it (X-Request-Start), else from now."""
+    trusted = settings().trusted_proxy_hops > 0
+    return deadline_of(request.headers.get(DEADLINE_HEADER),
+                       request.headers.get(ARRIVAL_HEADER) if trusted else None,
+                       settings().default_deadline_ms)
+
+
+def caller_gone_check() -> Callable[[], bool]:
+    """A check, callable from any thread, of whether this request's client has closed its
+    connection (gunicorn's socket; behind nginx, nginx closes it when its client leaves)."""
+    environ = request.environ
+    return lambda: socket_closed(environ.get("gunicorn.socket"))
+
+
+def admit(chosen: Route):
+    """Admission for this request (Serving.admit), with its deadline and its connection."""
+    return serving_of(current_app).admit(chosen, request_deadline(), caller_gone_check())
+
+
 def classify(chosen: Route, images: np.ndarray, expectation,
-             encoded: list[bytes] | None = None,
-             top_k: int | None = None) -> tuple[np.ndarray, list[str] | None]:
+             encoded: list[bytes] | None = None, top_k: int | None = None,
+             ticket: Ticket | None = None) -> tuple[np.ndarray, list[str] | None]:
     """Class probabilities and prediction ids from the chosen version (Serving.classify),
     noted for the log; `encoded` are the images as sent, for the store."""
     probabilities, ids = serving_of(current_app).classify(
-        chosen, images, expectation, request_origin(encoded, top_k))
+        chosen, images, expectation, request_origin(encoded, top_k), ticket)
     g.route, g.image_count = chosen, len(images)
     return probabilities, ids
 

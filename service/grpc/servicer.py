@@ -11,10 +11,11 @@ requests are (service/observability/request_log.py), with protocol "grpc".
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -31,17 +32,31 @@ from service.observability.request_log import (
 from service.open_inference import protocol
 from service.open_inference.tensors import TensorError
 from service.process.worker_activity import activity
+from service.runtime.admission import (
+    OVERLOADED,
+    AdmissionError,
+    deadline_of,
+    refusal,
+    retry_after_ms,
+)
 from service.serving import Serving, offered_keys
 from service.store.recorder import Origin
 
 log = logging.getLogger("service.grpc")
 
-# "Server Metadata": the extensions this face implements (binary tensor data is REST's).
-EXTENSIONS = ["classification", "model_repository"]
+# "Server Metadata": the extensions this face implements (binary tensor data is REST's);
+# schedule_policy is Triton's "timeout" request parameter (service/runtime/admission.py).
+EXTENSIONS = ["classification", "model_repository", "schedule_policy"]
 # Metadata keys, lower-case as gRPC has them; the HTTP face reads the same as headers.
 REQUEST_ID_KEY, ROUTING_KEY = "x-request-id", "x-routing-key"
 AUTHORIZATION_KEY, API_KEY_KEY = "authorization", "x-api-key"
 FORWARDED_FOR_KEY = "x-forwarded-for"
+# service/runtime/admission.py's headers as metadata: a deadline, and the proxy's arrival stamp.
+DEADLINE_KEY, ARRIVAL_KEY = "x-request-timeout", "x-request-start"
+# gRPC's server pushback (gRFC A6): a retry policy waits this many ms before its retry.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# Only inference waits for the model; the other RPCs are never refused.
+ADMITTED_RPCS = ("ModelInfer",)
 # Triton's Model Repository extension, served beside the protocol's own RPCs.
 REPOSITORY_INDEX = "RepositoryIndex"
 
@@ -63,6 +78,10 @@ class Call:
     model_version: object = None
     status: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
+    received: float = 0.0  # time.monotonic() when the call's request was in
+    time_remaining: float | None = None  # what the call's own deadline left then
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    trailers: tuple = ()
 
 
 class InferenceServicer:
@@ -71,6 +90,9 @@ class InferenceServicer:
     def __init__(self, serving: Serving, executor: Executor):
         self.serving = serving
         self.executor = executor
+        # Calls handed to the pool and not yet started there: the gRPC face's own queue.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         # method name -> (request class, function of (message, call) returning a message)
         self.rpcs: dict[str, tuple[type, Callable]] = {
             "ServerLive": (inference.ServerLiveRequest, self.server_live),
@@ -101,33 +123,55 @@ class InferenceServicer:
         started = time.perf_counter()
         metadata = {key: value for key, value in (context.invocation_metadata() or ())
                     if isinstance(value, str)}
-        call = Call(metadata, request_id(metadata.get(REQUEST_ID_KEY, "")), started)
+        call = Call(metadata, request_id(metadata.get(REQUEST_ID_KEY, "")), started,
+                    received=time.monotonic(), time_remaining=context.time_remaining())
         call.client = forwarded_client(metadata.get(FORWARDED_FOR_KEY, ""),
                                        self.serving.settings.trusted_proxy_hops,
                                        peer_address(context.peer()))
         answer = b""
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._run, name, data, call)
+            if name in ADMITTED_RPCS and self._queue_full():
+                self._refuse(call, refusal(OVERLOADED, "The service is at capacity; try again "
+                                           "later.", self.serving.settings.retry_after_seconds))
+            else:
+                answer = await self._in_pool(name, data, call)
         except asyncio.CancelledError:
             call.status, call.details = grpc.StatusCode.CANCELLED, "cancelled by the client"
+            call.cancelled.set()  # a call still waiting for the model is then not run
             raise
         finally:
             self._record(name, call, time.perf_counter() - started)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         if call.status != grpc.StatusCode.OK:
             await context.abort(call.status, call.details,
-                                trailing_metadata=((REQUEST_ID_KEY, call.request_id),))
+                                trailing_metadata=((REQUEST_ID_KEY, call.request_id),
+                                                   *call.trailers))
         return answer
+
+    def _queue_full(self) -> bool:
+        """Whether MAX_WAITING_REQUESTS calls already wait for the pool (admission on)."""
+        settings = self.serving.settings
+        return bool(settings.admission) and self._waiting >= settings.max_waiting_requests
+
+    async def _in_pool(self, name: str, data: bytes, call: Call) -> bytes:
+        """Run the call on the pool, counted as waiting until a thread takes it."""
+        with self._waiting_lock:
+            self._waiting += 1
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._run, name, data, call)
 
     def _run(self, name: str, data: bytes, call: Call) -> bytes:
         """Parse, answer and serialize, on a pool thread; errors become the call's status."""
+        with self._waiting_lock:
+            self._waiting -= 1
         message_class, rpc = self.rpcs[name]
         activity.request_started()
         try:
             return rpc(tensors.parse_message(message_class, data), call).SerializeToString()
         except UnauthenticatedError:
             call.status, call.details = grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE
+        except AdmissionError as refused:
+            self._refuse(call, refused)
         except Exception as error:
             call.status, call.details = status_of(error)
             if call.status == grpc.StatusCode.INTERNAL:
@@ -135,6 +179,14 @@ class InferenceServicer:
         finally:
             activity.request_finished()
         return b""
+
+    @staticmethod
+    def _refuse(call: Call, refused: AdmissionError) -> None:
+        """The call's status for a refusal; an overload's carries gRPC's retry pushback."""
+        call.status, call.details = status_of(refused)
+        pushback = retry_after_ms(refused)
+        if pushback is not None:
+            call.trailers = ((PUSHBACK_KEY, str(pushback)),)
 
     def _record(self, name: str, call: Call, seconds: float) -> None:
         """Count the call and log it, in the series and line shape HTTP requests have."""
@@ -193,9 +245,21 @@ class InferenceServicer:
                                       call.metadata.get(ROUTING_KEY) or None,
                                       lambda: tensors.read_request(request),
                                       Origin(f"/{SERVICE_NAME}/ModelInfer", call.request_id,
-                                             call.started, client=call.client))
+                                             call.started, client=call.client),
+                                      self._deadline(call), call.cancelled.is_set)
         call.route, call.images = answer.route, answer.image_count
         return tensors.write_response(answer.header(name), answer.outputs)
+
+    def _deadline(self, call: Call):
+        """The call's deadline: its own gRPC deadline, an x-request-timeout, or the default;
+        from its arrival at the trusted proxy (x-request-start) or at this server."""
+        settings = self.serving.settings
+        remaining = call.time_remaining
+        if remaining is not None:
+            remaining -= time.monotonic() - call.received
+        return deadline_of(call.metadata.get(DEADLINE_KEY),
+                           call.metadata.get(ARRIVAL_KEY) if settings.trusted_proxy_hops else None,
+                           settings.default_deadline_ms, remaining)
 
     def repository_index(self, request, call):
         """Triton's Model Repository extension, "Index": every model and version, and why."""

@@ -1,9 +1,9 @@
 """The edge where errors become gRPC status codes: what service/http/errors.py is to HTTP.
 
 Below this layer, code raises domain errors that know nothing of gRPC (ImageError,
-UploadError, TensorError, RoutingError); the table here decides the code a client sees for
-each kind. A client's mistake is never UNKNOWN: an error not in the table is a bug, and
-answers INTERNAL (service/grpc/servicer.py logs it).
+UploadError, TensorError, RoutingError, AdmissionError); the table here decides the code a
+client sees for each kind. A client's mistake is never UNKNOWN: an error not in the table is
+a bug, and answers INTERNAL (service/grpc/servicer.py logs it).
 """
 
 import grpc
@@ -11,6 +11,7 @@ import grpc
 from service.http.uploads import UploadError
 from service.models.routing import RoutingError
 from service.open_inference.tensors import INVALID, TensorError
+from service.runtime.admission import AdmissionError
 from service.runtime.images import ImageError
 from service.store.feedback import CONFLICT, NOT_FOUND, UNKNOWN_CLASS, FeedbackError
 from service.store.feedback import INVALID as INVALID_FEEDBACK
@@ -28,6 +29,11 @@ DOMAIN_STATUS = {
                   "too_many_parts": Code.RESOURCE_EXHAUSTED,
                   "unsupported_media_type": Code.INVALID_ARGUMENT},
     TensorError: {INVALID: Code.INVALID_ARGUMENT, "too_many_images": Code.RESOURCE_EXHAUSTED},
+    # Overloaded is UNAVAILABLE with grpc-retry-pushback-ms (the servicer adds it): the
+    # documented retry policy then waits the pushback, not its 0.1 s backoff, before its
+    # one retry (docs/grpc.md, "Overload and deadlines").
+    AdmissionError: {"overloaded": Code.UNAVAILABLE, "deadline_exceeded": Code.DEADLINE_EXCEEDED,
+                     "caller_gone": Code.CANCELLED, "invalid_deadline": Code.INVALID_ARGUMENT},
     RoutingError: {"model_not_found": Code.NOT_FOUND, "version_not_found": Code.NOT_FOUND,
                    "label_not_found": Code.NOT_FOUND, "model_not_ready": Code.UNAVAILABLE},
     # POST /feedback's; gRPC takes no feedback (its clients use the HTTP route), listed for

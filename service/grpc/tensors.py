@@ -28,6 +28,7 @@ from service.open_inference.tensors import (
     requested_output,
     tensor_from_raw,
     tensor_from_values,
+    timeout_parameter,
     to_binary,
 )
 
@@ -64,7 +65,7 @@ def read_request(message: inference.ModelInferRequest) -> InferRequest:
         for index, output in enumerate(message.outputs))
     check_unique([output.name for output in outputs], "output")
     return InferRequest(message.id or None, tuple(inputs), outputs, binary_output,
-                        min_confidence(parameters))
+                        min_confidence(parameters), timeout_parameter(parameters))
 
 
 def parameter_values(parameters, where: str) -> dict:

@@ -1,8 +1,8 @@
 """The edge where errors become HTTP: the one JSON error body every route answers with.
 
 Below this layer, code raises domain errors that know nothing of HTTP (ImageError,
-UploadError, TensorError, RoutingError); the table here decides the status and code a
-client sees for each.
+UploadError, TensorError, RoutingError, AdmissionError); the table here decides the status
+and code a client sees for each.
 """
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from service.http.uploads import UploadError
 from service.models.routing import RoutingError
 from service.open_inference.tensors import INVALID, TensorError
+from service.runtime.admission import AdmissionError
 from service.runtime.images import ImageError
 from service.store.database import StoreSchemaError, StoreUnavailableError
 from service.store.feedback import CONFLICT, NOT_FOUND, UNKNOWN_CLASS, FeedbackError
@@ -28,6 +29,11 @@ DOMAIN_ERRORS = {
     TensorError: {INVALID: (400, INVALID), "too_many_images": (413, "too_many_images")},
     FeedbackError: {INVALID_FEEDBACK: (400, INVALID_FEEDBACK), UNKNOWN_CLASS: (400, UNKNOWN_CLASS),
                     NOT_FOUND: (404, NOT_FOUND), CONFLICT: (409, CONFLICT)},
+    # 499: nginx's "client closed request"; nobody reads it, the log and metrics do.
+    AdmissionError: {"overloaded": (503, "overloaded"),
+                     "deadline_exceeded": (504, "deadline_exceeded"),
+                     "caller_gone": (499, "caller_gone"),
+                     "invalid_deadline": (400, "invalid_deadline")},
     RoutingError: {"model_not_found": (404, "model_not_found"),
                    "version_not_found": (404, "version_not_found"),
                    "label_not_found": (404, "label_not_found"),
@@ -45,8 +51,8 @@ class ApiError(Exception):
         self.message = message
 
 
-def as_api_error(error: ImageError | UploadError | TensorError | RoutingError
-                 | FeedbackError) -> ApiError:
+def as_api_error(error: ImageError | UploadError | TensorError | RoutingError | FeedbackError
+                 | AdmissionError) -> ApiError:
     """The client-facing ApiError for a domain error raised below the HTTP layer."""
     status, code = DOMAIN_ERRORS[type(error)][error.kind]
     return ApiError(status, code, str(error))
@@ -80,8 +86,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(TensorError)
     @app.errorhandler(RoutingError)
     @app.errorhandler(FeedbackError)
+    @app.errorhandler(AdmissionError)
     def handle_domain_error(error):
-        return handle_api_error(as_api_error(error))
+        response = handle_api_error(as_api_error(error))
+        if getattr(error, "retry_after", None) is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.errorhandler(StoreUnavailableError)
     @app.errorhandler(StoreSchemaError)

@@ -9,6 +9,7 @@ from service.http.uploads import read_uploads
 from service.models.confidence import PARAMETER, ThresholdError, parse_threshold, prediction
 from service.observability import metrics
 from service.serving import (
+    admit,
     check_api_key,
     classify,
     decode_batch,
@@ -74,11 +75,12 @@ def _predict(name=None, version=None, label=None):
     model = chosen.model
     top_k = parse_top_k(len(model.classes))
     threshold = parse_min_confidence()
-    with current_app.extensions["batcher"].expect() as expectation:
+    # Admitted (or refused) before the body is read.
+    with admit(chosen) as ticket, current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
         probabilities, ids = classify(chosen, images, expectation,
-                                      [data for _, data in uploads], top_k)
+                                      [data for _, data in uploads], top_k, ticket)
     predictions = []
     verdicts = unknown(chosen, probabilities, threshold)
     for index, ((filename, _), scores, verdict) in enumerate(

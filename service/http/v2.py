@@ -14,13 +14,21 @@ from flask.typing import ResponseReturnValue
 from service.http.errors import ApiError
 from service.open_inference import protocol
 from service.open_inference.tensors import encode_infer_response, parse_infer_request
-from service.serving import ROUTING_KEY_HEADER, check_api_key, request_origin, serving_of
+from service.serving import (
+    ROUTING_KEY_HEADER,
+    caller_gone_check,
+    check_api_key,
+    request_deadline,
+    request_origin,
+    serving_of,
+)
 
 blueprint = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 
 SERVER_NAME, SERVER_VERSION = protocol.SERVER_NAME, protocol.SERVER_VERSION
-# "Server Metadata": only the extensions this face implements.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+# "Server Metadata": only the extensions this face implements; schedule_policy is Triton's
+# "timeout" request parameter (service/runtime/admission.py).
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "schedule_policy"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Triton's clients send no Content-Type; JSON and binary bodies may also say what they are.
@@ -83,7 +91,7 @@ def infer(name: str, version: str | None = None) -> Response:
     answer = protocol.infer(
         serving_of(current_app), name, version, request.headers.get(ROUTING_KEY_HEADER) or None,
         lambda: parse_infer_request(_body(), request.headers.get(HEADER_LENGTH)),
-        request_origin(None))
+        request_origin(None), request_deadline(), caller_gone_check())
     g.route, g.image_count = answer.route, answer.image_count
     body, header_length = encode_infer_response(answer.header(name), answer.outputs)
     if header_length is None:

@@ -105,6 +105,18 @@ DRIFT_PSI = Gauge("model_drift_psi",
 DRIFT_WINDOW = Gauge("model_drift_window_images",
                      "Answers in the drift window the PSI was computed on, per worker.",
                      ["model", "version"], multiprocess_mode="liveall")
+QUEUE_DEPTH = Gauge("inference_queue_depth",
+                    "Classification requests admitted and not yet answered, by model version "
+                    "(waiting for the batcher or in a model call), summed over workers.",
+                    ["model", "version"], multiprocess_mode="livesum")
+REFUSALS = Counter("requests_refused_total",
+                   "Requests refused before any model time, by reason: overloaded, "
+                   "deadline_exceeded, caller_gone or invalid_deadline (quota refusals are "
+                   "the proxy's: its access log, status 429).", ["reason"])
+DEADLINE = Histogram("request_deadline_seconds",
+                     "The deadline applied to each admitted classification request, from its "
+                     "arrival.",
+                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 600))
 
 
 def version_label(route: "Route") -> str:

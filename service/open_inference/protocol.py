@@ -21,6 +21,7 @@ import numpy as np
 
 from service.models.routing import Route, RoutingError
 from service.open_inference.tensors import InferRequest, OutputTensor, RequestedOutput, TensorError
+from service.runtime.admission import Deadline, timeout_seconds
 from service.serving import Serving
 from service.store.recorder import Origin
 
@@ -57,18 +58,23 @@ class Inference:
 
 
 def infer(serving: Serving, name: str, version: str | None, routing_key: str | None,
-          parse: Callable[[], InferRequest], origin: Origin) -> Inference:
-    """Route, read the request (`parse`), check it, classify through the batcher, answer;
-    `origin` is the request as the prediction store keeps it, without its images."""
+          parse: Callable[[], InferRequest], origin: Origin, deadline: Deadline,
+          gone: Callable[[], bool]) -> Inference:
+    """Route, admit (service/runtime/admission.py), read the request (`parse`), check it,
+    classify through the batcher, answer. `origin` is the request as the prediction store
+    keeps it, without its images. The request's "timeout" parameter (Triton's schedule
+    policy, microseconds) tightens `deadline`; one already passed is refused, not run."""
     chosen = serving.route(name, version, routing_key=routing_key)
     model = chosen.model
-    with serving.batcher.expect() as expectation:
+    with serving.admit(chosen, deadline, gone) as ticket, \
+            serving.batcher.expect() as expectation:
         parsed = parse()
+        ticket.tighten(timeout_seconds(parsed.timeout_us))
         outputs = requested_outputs(parsed, model)
         images = batch_images(parsed.inputs, model, serving)
         encoded = parsed.inputs[0].data if parsed.inputs[0].name == IMAGE_INPUT else None
         probabilities, ids = serving.classify(chosen, images, expectation,
-                                              replace(origin, encoded=encoded))
+                                              replace(origin, encoded=encoded), ticket)
     unknown = serving.unknown(chosen, probabilities, parsed.min_confidence)
     return Inference(chosen, parsed, [output_tensor(requested, model, probabilities, unknown)
                                       for requested in outputs], len(images), ids)

@@ -79,6 +79,8 @@ class InferRequest:
     binary_output: bool = False
     # The request parameter "min_confidence" (service/models/confidence.py); None: the version's.
     min_confidence: float | None = None
+    # Triton's schedule policy extension: the request's own deadline, in microseconds.
+    timeout_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> "Infer
                     for index, item in enumerate(_list(request, "outputs", required=False)))
     check_unique([output.name for output in outputs], "output")
     return InferRequest(request_id, tuple(parsed), outputs, binary_output,
-                        min_confidence(parameters))
+                        min_confidence(parameters), timeout_parameter(parameters))
 
 
 def min_confidence(parameters: dict) -> float | None:
@@ -204,6 +206,13 @@ def flag(parameters: dict, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise TensorError(f'Parameter "{key}" of {where} must be true or false.')
     return value
+
+
+def timeout_parameter(parameters: dict) -> int | None:
+    """Triton's schedule policy "timeout" of a request: microseconds, a non-negative integer."""
+    if "timeout" in parameters and parameters["timeout"] is None:
+        raise TensorError('Parameter "timeout" of the request must be a non-negative integer.')
+    return _count(parameters, "timeout", "the request")
 
 
 def _count(parameters, key, where):

@@ -29,16 +29,28 @@ finds a worker still counting the old ones, and the new ones split 21/11. So a w
 that holds more than one connection above the emptiest other also answers with
 `Connection: close` (as gunicorn does before a restart), and the client's next connection
 goes to a worker with fewer; not while other workers have lately left a connection waiting.
+
+Under overload the worker says no early (service/runtime/admission.py). gunicorn queues every
+readable connection for its thread pool without bound, and a request waiting there is
+one the app never sees. Here, once MAX_WAITING_REQUESTS requests wait for a thread, the
+next readable connection goes to a small refusal lane instead: REFUSAL_THREADS threads on
+which the app answers 503 `overloaded` to a prediction before reading its body, and
+health, metrics and every other route as usual (so liveness answers under overload).
 """
 
+import functools
 import select
 import selectors
+import socket
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from service.config import Settings
 from service.process.worker_activity import activity
 
 # Long enough for a client that sends its next request as soon as it has the answer;
@@ -50,6 +62,11 @@ BALANCE_RECHECK_SECONDS = 0.005
 BALANCE_LIMIT_SECONDS = 0.05
 # After taking a connection the others left waiting, send none back to them for this long.
 BALANCE_TRUST_SECONDS = 1.0
+# Threads that answer requests beyond MAX_WAITING_REQUESTS (a refusal takes well under a
+# millisecond of Python; two keep one slow client from holding the lane).
+REFUSAL_THREADS = 2
+# New connections a worker takes in one turn of its loop while overloaded.
+OVERLOAD_ACCEPT_BATCH = 64
 
 
 class LingeringThreadWorker(ThreadWorker):
@@ -63,6 +80,85 @@ class LingeringThreadWorker(ThreadWorker):
         self._left_waiting_since = None  # when a connection began waiting for the others
         self._left_waiting_seen = 0.0  # when this worker last saw it waiting
         self._others_failed_at = -BALANCE_TRUST_SECONDS  # when they last left one too long
+        self._waiting_limit = 0  # requests that may wait for a thread; 0: no limit
+        self._handed_out = 0  # requests given to the pool (main thread only)
+        self._taken_up = 0  # of those, the ones a thread has begun (pool threads)
+        self._taken_lock = threading.Lock()
+        self._refusals = None
+        self._note_arrival = lambda arrived: None  # service/runtime/admission.py's, once imported
+
+    def init_process(self) -> None:
+        """Read the waiting limit and start the refusal lane, then run as gunicorn does."""
+        # Imported here, in the worker: the master imports this module before it sets
+        # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must first be imported after that.
+        from service.runtime.admission import (
+            count_caller_gone,
+            note_arrival,
+            refuse_on_this_thread,
+            socket_closed,
+        )
+
+        self._note_arrival, self._caller_gone = note_arrival, socket_closed
+        self._count_caller_gone = count_caller_gone
+        settings = Settings.from_env()
+        if settings.admission:
+            self._waiting_limit = settings.max_waiting_requests
+            self._refusals = ThreadPoolExecutor(REFUSAL_THREADS, "refusal",
+                                                initializer=refuse_on_this_thread)
+        super().init_process()
+
+    def enqueue_req(self, conn) -> None:
+        """Hand the connection's request to a thread. Once MAX_WAITING_REQUESTS wait for
+        one, a connection whose request is here goes to the refusal lane, and one whose
+        request is not here yet waits for it in the poller, not in the pool's queue."""
+        if self._waiting_limit and self._caller_gone(conn.sock):
+            self._drop(conn)
+            return
+        full = self._waiting_full()
+        if full and not _readable([conn.sock], 0):
+            self._wait_for_request(conn)
+            return
+        conn.arrived = time.monotonic()  # its request is here, or arrives next
+        if full:
+            future = self._refusals.submit(super().handle, conn)
+        else:
+            self._handed_out += 1
+            future = self.tpool.submit(self._take_up, conn)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done))
+
+    def _drop(self, conn) -> None:
+        """Close a connection whose client has gone, unread: a request it left behind would
+        only take a thread from one still waited for (counted as refused, caller_gone)."""
+        try:
+            left_a_request = _readable([conn.sock], 0) and bool(
+                conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # reset, or nothing there after all
+            left_a_request = False
+        if left_a_request:
+            self._count_caller_gone()
+        self.nr_conns -= 1
+        conn.close()
+
+    def _wait_for_request(self, conn) -> None:
+        """Leave a connection in the poller until its request arrives, as gunicorn does
+        with one that sent nothing in time (enqueue_req again once it is readable)."""
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             functools.partial(self.on_pending_socket_readable, conn))
+
+    def _waiting_full(self) -> bool:
+        """Whether MAX_WAITING_REQUESTS requests wait for a thread (admission on)."""
+        return bool(self._waiting_limit) and (
+            self._handed_out - self._taken_up >= self._waiting_limit)
+
+    def _take_up(self, conn) -> object:
+        """handle(), counted out of the waiting requests as a thread begins it."""
+        with self._taken_lock:
+            self._taken_up += 1
+        return self.handle(conn)
 
     def handle(self, conn) -> object:
         """Answer requests on `conn` while they follow each other closely (a pool thread)."""
@@ -80,11 +176,22 @@ class LingeringThreadWorker(ThreadWorker):
     def accept(self, listener) -> None:
         """Accept as gunicorn does if no other worker holds fewer connections; otherwise
         leave the connection to them, and look again after a moment."""
-        if not self._least_full():
+        overloaded = self._waiting_full()
+        if not overloaded and not self._least_full():
             self._resting_until = time.monotonic() + BALANCE_RECHECK_SECONDS
             self._update_listening()
             return
         super().accept(listener)
+        # Overloaded, take every connection already waiting (up to OVERLOAD_ACCEPT_BATCH):
+        # one a turn of the loop leaves the others in the kernel's backlog, unseen, until
+        # their clients give up and connect again (each time a new connection to accept).
+        for _ in range(OVERLOAD_ACCEPT_BATCH - 1 if overloaded else 0):
+            before = self.nr_conns
+            if before >= self.worker_connections:
+                break
+            super().accept(listener)
+            if self.nr_conns == before:  # none was waiting
+                break
         self._left_waiting_since = None
         activity.set_connections(self.nr_conns)
 
@@ -95,7 +202,15 @@ class LingeringThreadWorker(ThreadWorker):
         if (fewest is not None and self.nr_conns > fewest + 1
                 and time.monotonic() - self._others_failed_at > BALANCE_TRUST_SECONDS):
             req.must_close = True
-        return super().handle_request(req, conn)
+        # The wait for a thread counts against the request's deadline
+        # (service/runtime/admission.py); a next request on the same connection arrives
+        # about now.
+        self._note_arrival(getattr(conn, "arrived", None))
+        conn.arrived = None
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            self._note_arrival(None)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """Each turn of gunicorn's loop: publish the count, end a rest that is over, poll."""

@@ -5,16 +5,30 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.runtime.admission import AdmissionError
+
 if TYPE_CHECKING:
     from service.models.inference import ServingModel
+    from service.runtime.admission import Ticket
 
 log = logging.getLogger("service.runtime.batcher")
 
-_Request = collections.namedtuple("_Request", "model images future arrived")
+
+@dataclass(eq=False)  # compared by identity: a queued request is taken out by itself
+class _Request:
+    """A request waiting in the batcher's queue."""
+
+    model: "ServingModel"
+    images: np.ndarray
+    future: Future
+    arrived: float
+    ticket: "Ticket | None"
 
 
 class Batcher:
@@ -49,8 +63,15 @@ class Batcher:
         return _Expectation(self)
 
     def submit(self, model: "ServingModel", images: np.ndarray,
-               expectation: "_Expectation | None" = None) -> np.ndarray:
-        """Return the probabilities `model` gives for `images`, computed in some batch."""
+               expectation: "_Expectation | None" = None,
+               ticket: "Ticket | None" = None) -> np.ndarray:
+        """Return the probabilities `model` gives for `images`, computed in some batch.
+
+        With a `ticket` (service/runtime/admission.py), a request whose deadline passes while it
+        waits leaves the queue, and one whose caller has gone is not run: AdmissionError.
+        """
+        if ticket is not None:
+            ticket.check()
         with self._changed:
             if expectation is not None:
                 expectation.settle_locked()
@@ -58,12 +79,12 @@ class Batcher:
             if alone:
                 self._model_busy = True
             else:
-                future = Future()
-                self._pending.append(_Request(model, images, future, time.monotonic()))
+                queued = _Request(model, images, Future(), time.monotonic(), ticket)
+                self._pending.append(queued)
                 self._pending_images += len(images)
                 self._wake_locked()
         if not alone:
-            return future.result()
+            return self._result(queued)
         # Running here rather than on the batcher's thread saves two thread hand-offs.
         all_cores = self.may_use_all_cores is not None and self.may_use_all_cores()
         try:
@@ -73,6 +94,22 @@ class Batcher:
                 self._model_busy = False
                 if self._pending:
                     self._changed.notify()
+
+    def _result(self, queued: _Request) -> np.ndarray:
+        """Wait for a queued request's rows; at its deadline, take it out of the queue."""
+        if queued.ticket is None:
+            return queued.future.result()
+        try:
+            return queued.future.result(timeout=max(0.0, queued.ticket.deadline.remaining()))
+        except FutureTimeout:
+            with self._changed:
+                waiting = any(item is queued for item in self._pending)
+                if waiting:
+                    self._pending.remove(queued)
+                    self._pending_images -= len(queued.images)
+            if waiting:
+                queued.ticket.check()  # raises: the deadline has passed
+            return queued.future.result()  # already in a model call: its answer is near
 
     def _announce(self, change):
         """Count a request in (+1) or out (-1) of the announced ones."""
@@ -130,7 +167,7 @@ class Batcher:
     def _run_batch(self, batch):
         """Call each model once for its share of the batch, then hand out the rows."""
         by_model = {}
-        for item in batch:
+        for item in _still_wanted(batch):
             by_model.setdefault(id(item.model), []).append(item)
         for items in by_model.values():
             try:
@@ -145,6 +182,21 @@ class Batcher:
             for item in items:
                 item.future.set_result(probabilities[start:start + len(item.images)])
                 start += len(item.images)
+
+
+def _still_wanted(batch):
+    """The requests of `batch` to run: the others (deadline passed, caller gone) get their
+    AdmissionError now, before any model time."""
+    wanted = []
+    for item in batch:
+        try:
+            if item.ticket is not None:
+                item.ticket.check()
+        except AdmissionError as refused:
+            item.future.set_exception(refused)
+            continue
+        wanted.append(item)
+    return wanted
 
 
 class _Expectation:

@@ -11,8 +11,10 @@ import tomllib
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from service.config import Settings
+from service.observability import metrics
 from tests import support
 from tests.deploy import crd_schemas, pod_security
 from tests.deploy.manifests import (
@@ -417,3 +419,16 @@ def test_the_api_and_the_release_job_read_the_prediction_store_from_one_secret()
         container = pod["spec"]["template"]["spec"]["containers"][0]
         store = [entry for entry in container.get("env", []) if entry["name"] == "PREDICTION_STORE"]
         assert store == [{"name": "PREDICTION_STORE", "valueFrom": reference}], pod["kind"]
+
+
+def test_production_scales_on_the_queue_depth_the_api_exports_through_the_adapter():
+    objects = render("overlays/production")
+    (hpa,) = find(objects, "HorizontalPodAutoscaler", "image-classifier-api")
+    pods = [metric["pods"] for metric in hpa["spec"]["metrics"] if metric["type"] == "Pods"]
+    assert [entry["metric"]["name"] for entry in pods] == [metrics.QUEUE_DEPTH._name]
+    (rules,) = find(objects, "ConfigMap", "image-classifier-prometheus-adapter-rules")
+    (rule,) = yaml.safe_load(rules["data"]["config.yaml"])["rules"]
+    # The adapter serves the series the api exports, under the name the HPA asks for.
+    assert rule["seriesQuery"].startswith(metrics.QUEUE_DEPTH._name + "{")
+    assert rule["name"]["as"] == pods[0]["metric"]["name"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}

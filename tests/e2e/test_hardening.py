@@ -293,7 +293,9 @@ def test_plain_http_can_be_refused_instead(tmp_path):
               "--mount", f"type=bind,src={key},dst=/etc/nginx/tls/key.pem,readonly",
               "--env", "MAX_REQUEST_BYTES=1000", "--env", "METRICS_ALLOW=all",
               "--env", "PROXY_TLS=on", "--env", "TLS_PORT=9443", "--env", "PLAIN_HTTP=refuse",
-              "--env", "HSTS_MAX_AGE=0", "nginx:1.30-alpine"]
+              "--env", "HSTS_MAX_AGE=0", "--env", "PROXY_KEY_QUOTA=off",
+              "--env", "PROXY_KEY_RATE=10r/s", "--env", "PROXY_KEY_BURST=20",
+              "--env", "PROXY_KEY_RETRY_AFTER=1", "nginx:1.30-alpine"]
     subprocess.run(["docker", "network", "create", name], check=True, capture_output=True)
     try:
         subprocess.run(docker, check=True, capture_output=True, timeout=60)

@@ -148,7 +148,7 @@ def test_the_server_and_model_are_live_and_ready(client):
 def test_server_and_model_metadata(client):
     metadata = client.get_server_metadata()
     assert metadata.name and metadata.version
-    assert list(metadata.extensions) == ["classification", "model_repository"]
+    assert list(metadata.extensions) == ["classification", "model_repository", "schedule_policy"]
     for version in ("", "1"):
         model = client.get_model_metadata(MODEL, version, as_json=True)
         assert model["name"] == MODEL and model["versions"] == ["1"] and model["platform"]
@@ -489,3 +489,15 @@ def test_the_interface_compiles_in_a_process_that_has_loaded_tensorflow():
                               capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_tritonclients_timeout_in_microseconds_is_the_calls_deadline(client):
+    # Triton's schedule-policy "timeout" as its client sends it: 1 µs has passed before
+    # the call can run, so it is refused and not run; a generous one is answered.
+    status, message = grpc_error(client.infer, MODEL, [bytes_input(jpegs(1))], timeout=1)
+    assert status == "StatusCode.DEADLINE_EXCEEDED" and "deadline" in message
+    assert client.infer(MODEL, [bytes_input(jpegs(1))], timeout=5_000_000).as_numpy(
+        "probabilities").shape == (1, 3)
+    status, _ = grpc_error(client.infer, MODEL, [bytes_input(jpegs(1))],
+                           headers={"x-request-timeout": "soon"})
+    assert status == "StatusCode.INVALID_ARGUMENT"

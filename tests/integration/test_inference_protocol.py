@@ -88,10 +88,10 @@ def assert_v2_error(response, status):
     assert "Traceback" not in response.text and "/tmp" not in response.text
 
 
-def infer_error(client, inputs, model=MODEL, version="", outputs=None):
+def infer_error(client, inputs, model=MODEL, version="", outputs=None, **options):
     """The status and message of an inference the client reports as failed."""
     with pytest.raises(InferenceServerException) as raised:
-        client.infer(model, inputs, model_version=version, outputs=outputs)
+        client.infer(model, inputs, model_version=version, outputs=outputs, **options)
     return int(raised.value.status()), raised.value.message()
 
 
@@ -109,7 +109,8 @@ def test_the_server_and_model_are_live_and_ready(client):
 def test_server_metadata_names_the_extensions_it_implements(client):
     metadata = client.get_server_metadata()
     assert metadata["name"] and metadata["version"]
-    assert metadata["extensions"] == ["binary_tensor_data", "classification", "model_repository"]
+    assert metadata["extensions"] == ["binary_tensor_data", "classification", "model_repository",
+                                      "schedule_policy"]
 
 
 @pytest.mark.parametrize("version", ["", "1"])
@@ -347,7 +348,7 @@ def test_the_generated_client_reads_health_and_metadata(generated):
     with pytest.raises(NotFoundError):
         generated.check_model_version_readiness(MODEL, "2")
     assert generated.read_server_metadata().extensions == ["binary_tensor_data", "classification",
-                                                           "model_repository"]
+                                                           "model_repository", "schedule_policy"]
     metadata = generated.read_model_version_metadata(MODEL, "1")
     assert [tensor.name for tensor in metadata.inputs] == ["image", "pixels"]
     assert metadata.outputs[0].shape == [-1, 3]
@@ -387,3 +388,12 @@ def test_the_generated_client_sees_protocol_errors(generated):
     with pytest.raises(ApiError) as raised:
         generated.model_infer("cats", request=request)
     assert raised.value.status_code == 404 and "cats" in raised.value.body["error"]
+
+
+def test_tritonclients_timeout_in_microseconds_is_the_requests_deadline(client):
+    # Triton's schedule-policy "timeout" (µs) as its HTTP client sends it.
+    status, message = infer_error(client, [bytes_input(jpegs(1))], timeout=1)
+    assert status == 504 and "deadline" in message
+    answer = client.infer(MODEL, [bytes_input(jpegs(1))], timeout=5_000_000)
+    assert answer.as_numpy("probabilities").shape == (1, 3)
+

@@ -154,7 +154,8 @@ def test_every_domain_error_kind_has_a_status_code_that_is_not_unknown():
             assert message == "what went wrong"
             expected = {400: Code.INVALID_ARGUMENT, 415: Code.INVALID_ARGUMENT,
                         413: Code.RESOURCE_EXHAUSTED, 404: Code.NOT_FOUND,
-                        409: Code.ALREADY_EXISTS, 503: Code.UNAVAILABLE}[http_status]
+                        409: Code.ALREADY_EXISTS, 503: Code.UNAVAILABLE,
+                        504: Code.DEADLINE_EXCEEDED, 499: Code.CANCELLED}[http_status]
             assert code == expected, (error_class, kind)
 
 

@@ -1,0 +1,58 @@
+"""Overload through the real gunicorn worker: beyond MAX_WAITING_REQUESTS, predictions are
+refused at once with 503 and Retry-After, while liveness and metrics answer."""
+
+import http.client
+import json
+import threading
+import urllib.parse
+
+import requests
+
+from tests import support
+
+CLIENTS = 48
+
+
+def connections(server, count):
+    """`count` kept-alive connections to `server`, each already connected."""
+    address = urllib.parse.urlsplit(server.url("/"))
+    opened = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        connection.connect()
+        opened.append(connection)
+    return opened
+
+
+def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
+        start_service, models_dir):
+    server = start_service(models_dir, threads=2, max_waiting_requests=1,
+                           batch_max_wait_ms=20)
+    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+    clients = connections(server, CLIENTS)
+    answers, live = [], []
+
+    def liveness():
+        live.append(requests.get(server.url("/health/live"), timeout=10).status_code)
+
+    checker = threading.Thread(target=liveness)
+    for connection in clients:  # every request is sent before any answer is read
+        connection.request("POST", "/predict", body=image,
+                           headers={"Content-Type": "image/jpeg"})
+    checker.start()
+    for connection in clients:
+        response = connection.getresponse()
+        answers.append((response.status, dict(response.getheaders()),
+                        json.loads(response.read())))
+        connection.close()
+    checker.join()
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert refused, "no request was refused: the bound did not apply"
+    for headers, body in refused:
+        assert body["error"]["code"] == "overloaded" and headers["Retry-After"] == "1"
+    assert live == [200]
+    metrics = requests.get(server.url("/metrics"), timeout=10).text
+    assert 'requests_refused_total{reason="overloaded"}' in metrics
+    assert "inference_queue_depth" in metrics
