@@ -92,7 +92,7 @@ def test_inference_returns_one_probability_row_per_image(models_dir):
 def test_model_describes_what_a_client_needs_and_no_training_paths(models_dir):
     described = ServingModel(models_dir / "shapes" / "1").describe()
     assert set(described) == {"name", "version", "classes", "input", "metrics", "created_at",
-                              "framework", "loaded_at"}
+                              "framework", "loaded_at", "min_confidence", "calibration"}
     assert described["name"] == "shapes" and described["input"] == {
         "height": 16, "width": 16, "channels": 3}
     assert "test_accuracy" in described["metrics"]
