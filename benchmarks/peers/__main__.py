@@ -126,9 +126,10 @@ def measure_faces(server, label, faces, server_args, images, image_list):
 
 
 def summary(figures):
-    """requests/s, p50 and p99 of one measurement, as text."""
+    """requests/s, p50, p99 and the CPU shares of one V2 measurement, as text."""
     return (f"{figures['requests_per_second']:.0f}/s, p50 {figures['p50_ms']:.1f} ms, "
-            f"p99 {figures['p99_ms']:.1f} ms")
+            f"p99 {figures['p99_ms']:.1f} ms (client CPU {figures['client_cpu']:.0%}, other "
+            f"processes {figures['other_cpu']:.0%})")
 
 
 def with_ports(args, http_port, grpc_port):
