@@ -90,6 +90,7 @@ def face_rows(face, results, extra_p99):
 
 
 def _median(numbers):
+    """The median of the numbers that are not None, or None."""
     numbers = [number for number in numbers if number is not None]
     return statistics.median(numbers) if numbers else None
 
