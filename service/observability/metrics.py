@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 MODEL = ["model", "version", "version_label"]
+# A model version, whatever label it answered under.
+VERSION = ["model", "version"]
 
 REQUESTS = Counter("http_requests_total", "HTTP requests and gRPC calls answered.",
                    ["protocol", "route", "method", "status"])
@@ -59,7 +61,7 @@ SHADOW_IMAGES = Counter("shadow_images_total",
                         ["model", "version", "stable_version", "agreement"])
 SHADOW_LATENCY = Histogram("shadow_request_duration_seconds",
                            "Time a shadow version took for its copy of a request.",
-                           ["model", "version"], buckets=LATENCY_BUCKETS)
+                           VERSION, buckets=LATENCY_BUCKETS)
 SHADOW_SKIPPED = Counter("shadow_requests_skipped_total",
                          "Copies of requests a shadow version did not classify: its queue was "
                          "full, or it failed.", ["model", "version", "reason"])
@@ -78,7 +80,7 @@ POLICY_REJECTED = Gauge("model_policy_rejected",
                         "/models and the log), else 0.", ["model"], multiprocess_mode="livemax")
 MODEL_MEMORY = Gauge("model_memory_bytes",
                      "Resident memory each loaded version added to the workers that loaded it.",
-                     ["model", "version"], multiprocess_mode="livesum")
+                     VERSION, multiprocess_mode="livesum")
 VERSIONS_REFUSED = Gauge("model_versions_refused",
                          "Versions on disk that do not serve: broken (load_failed) or too large "
                          "for a worker's share of the memory limit (too_large).",
@@ -104,11 +106,11 @@ DRIFT_PSI = Gauge("model_drift_psi",
                   ["model", "version", "aspect"], multiprocess_mode="liveall")
 DRIFT_WINDOW = Gauge("model_drift_window_images",
                      "Answers in the drift window the PSI was computed on, per worker.",
-                     ["model", "version"], multiprocess_mode="liveall")
+                     VERSION, multiprocess_mode="liveall")
 QUEUE_DEPTH = Gauge("inference_queue_depth",
                     "Classification requests admitted and not yet answered, by model version "
                     "(waiting for the batcher or in a model call), summed over workers.",
-                    ["model", "version"], multiprocess_mode="livesum")
+                    VERSION, multiprocess_mode="livesum")
 REFUSALS = Counter("requests_refused_total",
                    "Requests refused before any model time, by reason: overloaded, "
                    "deadline_exceeded, caller_gone or invalid_deadline (quota refusals are "
