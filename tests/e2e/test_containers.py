@@ -173,37 +173,6 @@ def test_the_release_command_promotes_it_and_the_running_api_serves_it(compose_p
                                   container) == started_at
 
 
-def test_a_retrain_too_heavy_for_the_memory_limit_leaves_the_stable_serving(compose_project):
-    # A lower limit than compose's default: each worker's share, (256 - 48) / 2 = 104 MiB,
-    # holds the shipped models with about 25 MiB to spare. A width-128 retrain publishes a
-    # model.tflite of about 30 MB, which needs more than twice that in each worker.
-    compose_project.environment["API_MEMORY_LIMIT"] = "256m"
-    try:
-        compose_project.compose("up", "--detach", "--no-build", "--wait", "api", timeout=180)
-        compose_project.wait_ready()
-        versions_dir = compose_project.models_dir / MODEL_NAME
-        stable = answered_version(compose_project, published_versions(versions_dir)[-1])
-        stable = stable.json()["model"]["version"]
-        container = compose_project.api_container()
-        status, output = retrain(compose_project, "--width", "128", "--image-size", "32")
-        heavy = stable + 1
-        assert f"published: /app/models/{MODEL_NAME}/{heavy}" in output, output
-        support.poll(lambda: "would not fit" in compose_project.logs(), 60,
-                     lambda: f"version {heavy} was not refused{compose_project.logs()}")
-        answer = answered_version(compose_project, stable)
-        assert answer.json()["model"]["version"] == stable
-        versions = {entry["version"]: entry for entry in compose_project.http.get(
-            compose_project.url(f"/models/{MODEL_NAME}"), timeout=10).json()["versions"]}
-        assert "would not fit" in versions[heavy]["reason"], versions[heavy]
-        state = compose_project.docker("inspect", "--format",
-                                       "{{.RestartCount}} {{.State.OOMKilled}}", container)
-        assert state == "0 false" and compose_project.api_container() == container
-        assert "Worker (pid" not in compose_project.logs()  # gunicorn: no worker died
-    finally:
-        del compose_project.environment["API_MEMORY_LIMIT"]
-        compose_project.compose("up", "--detach", "--no-build", "--wait", "api", timeout=180)
-
-
 def test_a_canary_is_served_through_the_proxy_by_two_replicas(compose_project):
     compose_project.compose("up", "--detach", "--no-build", "--scale", "api=2", timeout=180)
     versions_dir = compose_project.models_dir / MODEL_NAME
@@ -235,6 +204,44 @@ def test_a_canary_is_served_through_the_proxy_by_two_replicas(compose_project):
         assert len(set(answers(10, {"X-Routing-Key": key}))) == 1
     release(compose_project, "canary", MODEL_NAME, "--off")
     support.poll(lambda: set(answers(20)) == {(stable, "stable")}, 30, "the canary ended")
+
+
+def test_a_retrain_too_heavy_for_the_memory_limit_leaves_the_stable_serving(compose_project):
+    # A lower limit than compose's default: each worker's share, (256 - 48) / 2 = 104 MiB,
+    # holds the shipped models with about 25 MiB to spare. A width-128 retrain publishes a
+    # model.tflite of about 30 MB, which needs more than twice that in each worker.
+    compose_project.environment["API_MEMORY_LIMIT"] = "256m"
+    try:
+        # One replica again (the canary test ran two), recreated with the lower limit.
+        compose_project.compose("up", "--detach", "--no-build", "--wait", "--scale", "api=1",
+                                "api", timeout=180)
+        compose_project.started = time.monotonic()
+        compose_project.wait_ready()
+        versions_dir = compose_project.models_dir / MODEL_NAME
+        stable = answered_version(compose_project, published_versions(versions_dir)[-1])
+        stable = stable.json()["model"]["version"]
+        container = compose_project.api_container()
+        # Published beside stable, not promoted: the newest version is what `latest 1` tries
+        # to load. (Promoted, a restarted replica would find its stable refused: issue 39.)
+        status, output = retrain(compose_project, "--width", "128", "--image-size", "32",
+                                 "--release", "publish")
+        heavy = stable + 1
+        assert f"published: /app/models/{MODEL_NAME}/{heavy}" in output, output
+        support.poll(lambda: "would not fit" in compose_project.logs(), 60,
+                     lambda: f"version {heavy} was not refused{compose_project.logs()}")
+        answer = answered_version(compose_project, stable)
+        assert answer.json()["model"]["version"] == stable
+        versions = {entry["version"]: entry for entry in compose_project.http.get(
+            compose_project.url(f"/models/{MODEL_NAME}"), timeout=10).json()["versions"]}
+        assert "would not fit" in versions[heavy]["reason"], versions[heavy]
+        state = compose_project.docker("inspect", "--format",
+                                       "{{.RestartCount}} {{.State.OOMKilled}}", container)
+        assert state == "0 false" and compose_project.api_container() == container
+        assert "Worker (pid" not in compose_project.logs()  # gunicorn: no worker died
+    finally:
+        del compose_project.environment["API_MEMORY_LIMIT"]
+        compose_project.compose("up", "--detach", "--no-build", "--wait", "--scale", "api=1",
+                                "api", timeout=180)
 
 
 def test_compose_down_leaves_nothing_running(compose_project):

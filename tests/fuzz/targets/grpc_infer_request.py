@@ -21,6 +21,7 @@ import numpy as np
 from service.config import Settings
 from service.grpc.messages import inference
 from service.grpc.tensors import parse_message, read_request
+from service.models.confidence import unknown_mask
 from service.open_inference import protocol
 from service.open_inference.tensors import DATATYPES
 from tests.unit.fakes import ColourModel
@@ -45,8 +46,11 @@ def test_one_input(data):
     outputs = protocol.requested_outputs(parsed, MODEL)
     images = protocol.batch_images(parsed.inputs, MODEL, SERVING)
     probabilities = MODEL.infer(images)
+    # The request's own threshold, as Serving.unknown takes it first (0.5 without one).
+    threshold = 0.5 if parsed.min_confidence is None else parsed.min_confidence
+    unknown = unknown_mask(probabilities, threshold)
     for requested in outputs:
-        protocol.output_tensor(requested, MODEL, probabilities)
+        protocol.output_tensor(requested, MODEL, probabilities, unknown)
 
 
 def build(data):
