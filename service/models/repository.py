@@ -233,6 +233,8 @@ class Model:
         labels = {}
         for label, version in sorted(policy.labels.items()):
             model = get(version)
+            if model is None and label == STABLE and self._too_large(version):
+                version, model = self._earlier_stable(policy, version, get, problems)
             if model is None:
                 refusal = (f"the label {label!r} points at version {version}, which "
                            f"{self._why_not(version)}")
@@ -254,7 +256,7 @@ class Model:
                 loaded[version] = model
                 selected.append(version)
             else:
-                problems[version] = self._why_not(version)
+                problems.setdefault(version, self._why_not(version))
         if STABLE not in labels:
             # Without a stable label: the newest version the policy keeps that is not the
             # canary, else the newest other version that loads.
@@ -272,6 +274,21 @@ class Model:
                 return (RoutingTable(self.name, {}, {}), problems,
                         "the canary is the only version that loads; label a stable version")
         return RoutingTable(self.name, loaded, labels, policy.canary), problems, ""
+
+    def _earlier_stable(self, policy: ServingPolicy, version: int, get, problems: dict):
+        """For a stable that does not fit, which would leave a restarted worker nothing to
+        serve: the newest earlier stable in the history that loads, else (version, None)."""
+        for entry in reversed(policy.history):
+            model = get(entry["stable"])
+            if model is not None:
+                problems[version] = (f"{self._why_not(version)}; stable is version "
+                                     f"{entry['stable']}, the one before it, until it fits")
+                return entry["stable"], model
+        return version, None
+
+    def _too_large(self, version: int) -> bool:
+        """Whether `version` was refused for not fitting the memory limit."""
+        return self._failed.get(version, (None, "", ""))[2] == "too_large"
 
     def _why_not(self, version: int) -> str:
         """Why `version` cannot serve, in words for a person."""

@@ -221,10 +221,9 @@ def test_a_retrain_too_heavy_for_the_memory_limit_leaves_the_stable_serving(comp
         stable = answered_version(compose_project, published_versions(versions_dir)[-1])
         stable = stable.json()["model"]["version"]
         container = compose_project.api_container()
-        # Published beside stable, not promoted: the newest version is what `latest 1` tries
-        # to load. (Promoted, a restarted replica would find its stable refused: issue 39.)
-        status, output = retrain(compose_project, "--width", "128", "--image-size", "32",
-                                 "--release", "publish")
+        # As the README's retrain: the gate may promote it. Either way stable keeps serving,
+        # and so does a replica started afterwards (the `finally` below starts one).
+        status, output = retrain(compose_project, "--width", "128", "--image-size", "32")
         heavy = stable + 1
         assert f"published: /app/models/{MODEL_NAME}/{heavy}" in output, output
         support.poll(lambda: "would not fit" in compose_project.logs(), 60,
@@ -240,6 +239,7 @@ def test_a_retrain_too_heavy_for_the_memory_limit_leaves_the_stable_serving(comp
         assert "Worker (pid" not in compose_project.logs()  # gunicorn: no worker died
     finally:
         del compose_project.environment["API_MEMORY_LIMIT"]
+        # A new container: with its healthcheck passing, it serves a stable too.
         compose_project.compose("up", "--detach", "--no-build", "--wait", "--scale", "api=1",
                                 "api", timeout=180)
 

@@ -276,3 +276,22 @@ def test_a_version_too_large_to_fit_is_refused_and_the_stable_keeps_serving(mode
     assert "would not fit: it needs 500 MiB" in states[4]["reason"]
     assert states[3]["memory_bytes"] == 0  # the readings did not move: nothing measured
     assert model.refused() == {"load_failed": 0, "too_large": 1}
+
+
+def test_a_promoted_stable_too_large_to_fit_gives_way_to_the_one_before_it(models, monkeypatch):
+    from service.models import footprint
+    from service.models.footprint import MIB, FittingLoader
+
+    monkeypatch.setattr(footprint, "resident_bytes", lambda: 100 * MIB)
+    publish_fake(models, "colours", 4)
+    write_policy(models, {"version_labels": {"stable": 4},
+                          "history": [{"stable": 3, "until": "2026-12-07T10:00:00+00:00"}]})
+    sizes = {1: 10 * MIB, 2: 10 * MIB, 3: 10 * MIB, 4: 500 * MIB}
+    trial = lambda path: sizes[int(path.rsplit("/", 1)[-1])]  # noqa: E731
+    # A worker that starts now (as a restarted replica does) still has a stable to serve.
+    repository = repository_of(models, FittingLoader(ColourLoader(), 150 * MIB, trial))
+    model = repository.model("colours")
+    assert served(repository) == 3 and model.state == ModelState.READY
+    states = {entry["version"]: entry for entry in model.describe()["versions"]}
+    assert "would not fit" in states[4]["reason"] and "stable is version 3" in states[4]["reason"]
+    assert states[3]["labels"] == ["stable"]
