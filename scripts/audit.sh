@@ -16,32 +16,29 @@ if ! "$python" -c "import pip_audit" 2>/dev/null; then
   exit 2
 fi
 locks=(requirements-serving.lock requirements.lock requirements-test.lock)
-# Which database answers: a per-release page of PyPI's JSON API (what pip-audit's default
-# service asks for), else OSV's query API.
+# Which database answers: pip-audit's own services, asked for one release that exists
+# (each knows its own address; this script names none): PyPI's, else OSV's.
 service=$("$python" - <<'PY'
-import json, urllib.error, urllib.request
+from packaging.version import Version
+from pip_audit._service import OsvService, PyPIService, ResolvedDependency
 
-def answers(request):
+def answers(service):
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        found, _ = service.query(ResolvedDependency("flask", Version("3.1.3")))
+    except Exception:  # unreachable, refused, or an answer it cannot read
         return False
+    return isinstance(found, ResolvedDependency)
 
-if answers("https://pypi.org/pypi/flask/3.1.3/json"):
-    print("pypi")
-elif answers(urllib.request.Request(
-        "https://api.osv.dev/v1/query", method="POST",
-        data=json.dumps({"package": {"name": "flask", "ecosystem": "PyPI"},
-                         "version": "3.1.3"}).encode(),
-        headers={"Content-Type": "application/json"})):
-    print("osv")
+for name, service in (("pypi", PyPIService), ("osv", OsvService)):
+    if answers(service(timeout=15)):
+        print(name)
+        break
 PY
 )
 if [ -z "$service" ]; then
   echo "SKIPPED scripts/audit.sh: no vulnerability database answers from this machine" \
-       "(https://pypi.org/pypi/<name>/<version>/json and https://api.osv.dev both unreachable" \
-       "or refused); the locked packages were NOT checked for known vulnerabilities."
+       "(pip-audit's PyPI and OSV services both unreachable or without the release asked" \
+       "for); the locked packages were NOT checked for known vulnerabilities."
   exit 0
 fi
 status=0
