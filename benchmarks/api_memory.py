@@ -13,7 +13,6 @@ answered, or the run fails.
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -23,12 +22,12 @@ from pathlib import Path
 
 from benchmarks import load
 from benchmarks.grpc_vs_rest import run_level
+from benchmarks.proxy_overhead import compose, direct_environment
 from benchmarks.run_benchmark import prepare_images
 from benchmarks.sample import image_parser, read_images
 from service.models.artifact import published_versions
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERRIDE = str(ROOT / "benchmarks" / "compose-direct.yml")
 MIB = 1024 * 1024
 
 
@@ -57,15 +56,9 @@ def model_sets(work_dir):
     return {"shipped models": str(ROOT / "models"), "with a cifar10 canary": str(canary)}
 
 
-def compose(environment, *command):
-    subprocess.run(["docker", "compose", *command], env=environment, check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
-
-
 def api_memory_bytes(environment):
     """The api container's memory as `docker stats` shows it (usage less inactive files)."""
-    container = subprocess.run(["docker", "compose", "ps", "-q", "api"], env=environment, cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.split()[0]
+    container = compose(environment, "ps", "-q", "api").split()[0]
     stats = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{json .}}",
                             container], capture_output=True, text=True, check=True).stdout
     usage = json.loads(stats)["MemUsage"].split("/")[0].strip()
@@ -113,16 +106,14 @@ def measure(environment, image_list, images, args):
 def main(argv=None):
     args = parse_args(argv)
     load.require_wrk()
-    base_files = os.environ.get("COMPOSE_FILE", "docker-compose.yml")
     rows = []
     with tempfile.TemporaryDirectory(prefix="api-memory-") as work_dir:
         image_list, _ = prepare_images(args, work_dir)
         images = read_images(Path(image_list).read_text().split())
         for name, models in model_sets(work_dir).items():
-            environment = {**os.environ, "COMPOSE_PROJECT_NAME": args.project,
-                           "COMPOSE_FILE": f"{base_files}:{OVERRIDE}", "MODELS_DIR": models,
-                           "BENCH_API_PORT": str(args.http_port),
-                           "BENCH_API_GRPC_PORT": str(args.grpc_port)}
+            environment = direct_environment(args.project, MODELS_DIR=models,
+                                             BENCH_API_PORT=str(args.http_port),
+                                             BENCH_API_GRPC_PORT=str(args.grpc_port))
             compose(environment, "up", "--detach", "--build", "--wait", "api")
             try:
                 for face, memory, rate in measure(environment, image_list, images, args):

@@ -43,6 +43,14 @@ def parse_args(argv):
     return args
 
 
+def direct_environment(project, **settings):
+    """The environment of a compose project whose api also publishes its own ports on
+    loopback (benchmarks/compose-direct.yml), with `settings` beside the runner's."""
+    base_files = os.environ.get("COMPOSE_FILE", "docker-compose.yml")
+    return {**os.environ, "COMPOSE_PROJECT_NAME": project,
+            "COMPOSE_FILE": f"{base_files}:{OVERRIDE}", **settings}
+
+
 def compose(environment, *arguments, timeout=600):
     """Run `docker compose` for the benchmark's project; stop with its output if it fails."""
     finished = subprocess.run(["docker", "compose", *arguments], cwd=ROOT, env=environment,
@@ -88,12 +96,10 @@ def main(argv=None):
     args = parse_args(argv)
     load.require_wrk()
     os.makedirs(args.output, exist_ok=True)
-    base_files = os.environ.get("COMPOSE_FILE", "docker-compose.yml")
-    environment = {**os.environ, "COMPOSE_PROJECT_NAME": args.project,
-                   "COMPOSE_FILE": f"{base_files}:{OVERRIDE}",
-                   "API_PORT": str(args.proxy_port), "BENCH_API_PORT": str(args.api_port),
-                   # HTTP alone, as before gRPC was served; its port is any free one.
-                   "GRPC_ENABLED": "0", "API_GRPC_PORT": str(args.grpc_port)}
+    environment = direct_environment(
+        args.project, API_PORT=str(args.proxy_port), BENCH_API_PORT=str(args.api_port),
+        # HTTP alone, as before gRPC was served; its port is any free one.
+        GRPC_ENABLED="0", API_GRPC_PORT=str(args.grpc_port))
     urls = {"proxy": f"http://127.0.0.1:{args.proxy_port}/predict",
             "direct": f"http://127.0.0.1:{args.api_port}/predict"}
     measurements = []

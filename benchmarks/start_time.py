@@ -9,18 +9,14 @@ container already in place (a first `docker compose up` also builds or pulls).
 """
 
 import argparse
-import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import requests
 
+from benchmarks.proxy_overhead import compose, direct_environment
 from tests.support import draw_picture, encode
 
-ROOT = Path(__file__).resolve().parent.parent
-OVERRIDE = str(ROOT / "benchmarks" / "compose-direct.yml")
 POLL_SECONDS = 0.02
 
 
@@ -32,11 +28,6 @@ def parse_args(argv):
     parser.add_argument("--http-port", type=int, default=18470)
     parser.add_argument("--grpc-port", type=int, default=18471)
     return parser.parse_args(argv)
-
-
-def compose(environment, *command):
-    subprocess.run(["docker", "compose", *command], env=environment, check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def first_answer_seconds(environment, url, image):
@@ -56,11 +47,8 @@ def first_answer_seconds(environment, url, image):
 
 def main(argv=None):
     args = parse_args(argv)
-    base_files = os.environ.get("COMPOSE_FILE", "docker-compose.yml")
-    environment = {**os.environ, "COMPOSE_PROJECT_NAME": args.project,
-                   "COMPOSE_FILE": f"{base_files}:{OVERRIDE}",
-                   "BENCH_API_PORT": str(args.http_port),
-                   "BENCH_API_GRPC_PORT": str(args.grpc_port)}
+    environment = direct_environment(args.project, BENCH_API_PORT=str(args.http_port),
+                                     BENCH_API_GRPC_PORT=str(args.grpc_port))
     url = f"http://127.0.0.1:{args.http_port}/predict"
     image = encode(draw_picture((200, 40, 40), size=32))
     compose(environment, "up", "--detach", "--build", "--wait", "api")
