@@ -167,12 +167,12 @@ class FittingLoader:
 
     def __call__(self, path: str) -> ServingModel:
         """The loaded version (ModelLoadError when it is unusable or would not fit)."""
-        bound = self._bound(path)
-        if self.share is not None and not (0 < bound <= self.share - resident_bytes()):
+        held = resident_bytes()
+        if self.share is not None and not 0 < self._bound(path) <= self.share - held:
             least = 2 * _file_bytes(path)  # the file read in, and one packed copy of it
-            if least > self.share - resident_bytes():  # no trial: it cannot fit
-                self._refuse(least, resident_bytes())
-            needed, held = self._trial(path), resident_bytes()
+            if held + least > self.share:  # no trial: it cannot fit
+                self._refuse(least, held)
+            needed, held = self._trial(path), resident_bytes()  # the trial took a while
             log.info("a trial load of %s needs %.1f MiB; this worker holds %.1f of its %.1f MiB",
                      path, needed / MIB, held / MIB, self.share / MIB,
                      extra={"event": "model_trial_load", "needed_bytes": needed,
@@ -184,7 +184,6 @@ class FittingLoader:
         # What the load added here; other threads allocate meanwhile, so it is a reading.
         model.memory_bytes = max(0, resident_bytes() - before)
         return model
-
 
     def _refuse(self, needed: int, held: int) -> None:
         raise ModelTooLargeError(
