@@ -83,12 +83,15 @@ def worker_share_bytes(limit: int | None, workers: int) -> int | None:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now (VmRSS)."""
+    """This process's memory now that the kernel cannot drop: its anonymous and shared
+    pages (RssAnon + RssShmem). A model file's mapped pages are left out: they are the page
+    cache's, one copy for every worker, and clean, so memory pressure reclaims them first."""
+    total = 0
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def trial_load(path: str, warm_batch_size: int, threads: int, all_core_threads: int) -> int:

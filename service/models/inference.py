@@ -52,10 +52,11 @@ class LiteRunner:
     Interpreters are not thread-safe: calls take turns.
     """
 
-    def __init__(self, model_content: bytes, max_batch_size: int = 1, threads: int = 0):
+    def __init__(self, model: bytes | str, max_batch_size: int = 1, threads: int = 0):
+        """`model`: the .tflite's bytes, or its path (mapped from the page cache, not read)."""
         self.max_batch_size = max(1, max_batch_size)
-        self._interpreter = Interpreter(model_content=model_content,
-                                        num_threads=threads or usable_cores())
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": model}
+        self._interpreter = Interpreter(**source, num_threads=threads or usable_cores())
         details = self._interpreter.get_input_details()[0]
         self._input, self.input_dtype = details["index"], details["dtype"]
         self.input_shape = tuple(int(side) for side in details["shape"][1:])
@@ -121,13 +122,17 @@ class ServingModel:
             raise ModelLoadError(
                 f"unreadable {METADATA_FILE}: {type(error).__name__}: {error}") from None
         try:
-            with open(os.path.join(path, TFLITE_FILE), "rb") as file:
-                content = file.read()
+            # Mapped, not read: its pages are the page cache's, one copy for every worker,
+            # and once XNNPACK has packed the weights they are not touched again, so the
+            # kernel may drop them (docs/performance.md, "What one loaded version adds").
+            tflite = os.path.join(path, TFLITE_FILE)
+            with open(tflite, "rb") as file:  # an unreadable file fails here, path-free
+                file.read(1)
             # Allocated and warmed now, so that no request pays for it and what the version
             # holds is known before it serves.
             cores = usable_cores()
             threads, all_core_threads = threads or cores, all_core_threads or cores
-            self._run = LiteRunner(content, min(warm_batch_size, INTERPRETER_MAX_BATCH), threads)
+            self._run = LiteRunner(tflite, min(warm_batch_size, INTERPRETER_MAX_BATCH), threads)
             # For a call made while no other worker needs the cores
             # (service/process/worker_activity.py): its XNNPACK threads may run on theirs too
             # (service/process/cpus.py).
@@ -136,7 +141,7 @@ class ServingModel:
             else:
                 with on_service_cpus():
                     self._run_all_cores = LiteRunner(
-                        content, min(warm_batch_size, ALL_CORES_MAX_BATCH), all_core_threads)
+                        tflite, min(warm_batch_size, ALL_CORES_MAX_BATCH), all_core_threads)
         except OSError as error:
             raise ModelLoadError(f"unreadable {TFLITE_FILE}: {error.strerror}") from None
         except (ValueError, RuntimeError) as error:
