@@ -17,10 +17,11 @@ function node(tag, text, className) {
 
 const percent = (share) => `${(share * 100).toFixed(1)}%`;
 
-// "stable: 8 of 10 right (80.0%; 95% 49.0–94.3%)": never a rate without its counts.
+// "stable: 8 of 10 right (80.0%; 95% interval 49.0–94.3%)": never a rate without its counts.
 function accuracyText(entry) {
+  const [low, high] = entry.interval_95 || [];
   const interval = entry.interval_95
-    ? `; 95% ${percent(entry.interval_95[0])}–${percent(entry.interval_95[1])}` : "";
+    ? `; 95% interval ${(low * 100).toFixed(1)}–${percent(high)}` : "";
   return `${entry.version_label}: ${entry.correct} of ${entry.labelled} right `
     + `(${percent(entry.correct / entry.labelled)}${interval})`;
 }
@@ -115,7 +116,8 @@ async function refresh() {
       element("error").hidden = true;
       element("models").replaceChildren(
         ...body.models.map((model) => modelSection(model, body.prediction_store)));
-      element("summary").textContent = `${body.models.length} models · prediction store `
+      const count = body.models.length;
+      element("summary").textContent = `${count} model${count === 1 ? "" : "s"} · prediction store `
         + `${body.prediction_store} · updated ${new Date().toLocaleTimeString()} · `
         + `refreshed every ${REFRESH_MS / 1000} s`;
     }
