@@ -1,5 +1,6 @@
 """Settings: every environment variable the service reads, each with a safe default."""
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -57,6 +58,11 @@ class Settings:
     # Proxies in front whose X-Forwarded-For the service believes. 0 without a proxy:
     # anyone could send the header and pose as any address. Compose sets 1 (its nginx).
     trusted_proxy_hops: int = 0
+    # Who may read the operator view's data (GET /operations/models) without an API key: an
+    # address, a CIDR range or `all`, as compose's proxy reads the same variable for /metrics,
+    # so the view is open exactly where /metrics is. `all`, as /metrics: the view shows
+    # nothing that /metrics and /models do not already show every address by default.
+    metrics_allow: str = "all"
     # The prediction store (service/store/): empty is off; a folder holds an embedded SQLite
     # database (a local disk, never a network file system: SQLite's locks do not hold there);
     # a postgresql:// URL serves replicas on many nodes.
@@ -131,6 +137,11 @@ class Settings:
             raise SettingsError(f"GRPC_PORT must differ from PORT ({self.port}), or set "
                                 "GRPC_ENABLED=0 to turn gRPC off")
         self._check_store()
+        try:
+            allowed_network(self.metrics_allow)
+        except ValueError:
+            raise SettingsError("METRICS_ALLOW must be an address, a CIDR range or all, not "
+                                f"{self.metrics_allow!r}") from None
         if self.default_deadline_ms > MAX_DEADLINE_MS:
             raise SettingsError(f"DEFAULT_DEADLINE_MS must be at most {MAX_DEADLINE_MS}")
         for name in ("pin_workers", "grpc_enabled", "admission"):
@@ -170,6 +181,14 @@ class Settings:
     def requires_api_key(self) -> bool:
         """True when /predict and /v2 inference need a key (API_KEY or API_KEY_FILE is set)."""
         return bool(self.api_key or self.api_key_file)
+
+
+def allowed_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network an nginx `allow` value (an address, a CIDR range) names; None for `all`.
+    ValueError for anything else."""
+    if value.strip().lower() == "all":
+        return None
+    return ipaddress.ip_network(value.strip(), strict=False)
 
 
 def _parse(name, raw, kind):

@@ -5,6 +5,7 @@ decodes and classifies exactly as the HTTP routes do; the functions below it are
 HTTP routes' view of the same, for the app of the current request.
 """
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 from flask import Flask, current_app, g, request
 
 from service.api_keys import ApiKeys
-from service.config import Settings
+from service.config import Settings, allowed_network
 from service.http.errors import ApiError
 from service.models.confidence import unknown_mask
 from service.models.inference import ServingModel
@@ -38,6 +39,8 @@ from service.store.recorder import Origin, PredictionRecorder
 # A worker that is still loading its first models holds a request this long rather than
 # refuse it, so a multi-worker service does not answer 503 while its siblings serve.
 FIRST_LOAD_WAIT_SECONDS = 30
+KEY_REQUIRED = ("A valid API key is required: send 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>'.")
 # Requests with the same key land on the same side of a canary split (service/models/routing.py).
 ROUTING_KEY_HEADER = "X-Routing-Key"
 
@@ -205,15 +208,49 @@ def unknown(chosen: Route, probabilities: np.ndarray, threshold: float | None) -
     return serving_of(current_app).unknown(chosen, probabilities, threshold)
 
 
+def request_keys() -> list[str]:
+    """The API keys this request offers (offered_keys)."""
+    return offered_keys(request.headers.get("Authorization", ""),
+                        request.headers.get("X-API-Key", ""))
+
+
 def check_api_key() -> None:
     """When API_KEY or API_KEY_FILE is set, require a valid key as a Bearer token or an
     X-API-Key header (service/api_keys.py decides which keys are valid)."""
-    offered = offered_keys(request.headers.get("Authorization", ""),
-                           request.headers.get("X-API-Key", ""))
-    if not serving_of(current_app).key_is_valid(offered):
-        raise ApiError(401, "unauthorized",
-                       "A valid API key is required: send 'Authorization: Bearer <key>' "
-                       "or 'X-API-Key: <key>'.")
+    if not serving_of(current_app).key_is_valid(request_keys()):
+        raise ApiError(401, "unauthorized", KEY_REQUIRED)
+
+
+def address_allowed(allow: str, address: str | None) -> bool:
+    """Whether `address` is one that `allow` (METRICS_ALLOW: an address, a CIDR range or
+    all) names; an address that is no IP address (a Unix socket's) is not."""
+    network = allowed_network(allow)
+    if network is None:
+        return True
+    try:
+        found = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    # An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        found = found.ipv4_mapped
+    return found in network
+
+
+def check_operator_access() -> None:
+    """Open the operator view where /metrics is open (the client's address, as
+    TRUSTED_PROXY_HOPS gives it, in METRICS_ALLOW), or, with API keys on, to a valid key:
+    401 for a wrong key, 403 for an address outside it without one."""
+    if address_allowed(settings().metrics_allow, request.remote_addr):
+        return
+    offered = request_keys()
+    if serving_of(current_app).accepted_key(offered) is not None:
+        return
+    if settings().requires_api_key and any(offered):
+        raise ApiError(401, "unauthorized", KEY_REQUIRED)
+    with_key = " or with a valid API key" if settings().requires_api_key else ""
+    raise ApiError(403, "forbidden", "The operator view is open only to the addresses "
+                                     f"METRICS_ALLOW names{with_key}, as /metrics is.")
 
 
 def decode_batch(encoded: Iterable[bytes], model: ServingModel) -> np.ndarray:

@@ -30,6 +30,8 @@ ERROR_STATUSES = {
                   "that answered).",
     "Unauthorized": "Missing or wrong API key (unauthorized); only when API_KEY or "
                     "API_KEY_FILE is configured.",
+    "Forbidden": "The operator view's data from an address METRICS_ALLOW does not name, "
+                 "without a valid API key (forbidden).",
     "NotFound": "No such route (not_found), model (model_not_found), loaded version "
                 "(version_not_found) or label (label_not_found); the message lists those there "
                 "are.",
@@ -53,19 +55,27 @@ ERROR_STATUSES = {
 # Parts of answers that only the prediction store adds (service/store/).
 PREDICTION_ID = {"type": "string", "description": "With the prediction store on: this "
                  "prediction's id, for POST /feedback."}
+# One version's feedback under one label: service/store/accuracy.py's LiveAccuracy.describe().
+LIVE_COUNTS = {
+    "version_label": {"type": "string"}, "labelled": {"type": "integer", "minimum": 1},
+    "correct": {"type": "integer", "minimum": 0},
+    "interval_95": {"type": "array", "items": {"type": "number"}, "minItems": 2,
+                    "maxItems": 2, "nullable": True}}
 LIVE_ACCURACY = {
     "type": "array", "nullable": True, "items": {
         "type": "object", "additionalProperties": False,
-        "required": ["version", "version_label", "labelled", "correct", "interval_95"],
-        "properties": {
-            "version": {"type": "integer", "minimum": 1}, "version_label": {"type": "string"},
-            "labelled": {"type": "integer", "minimum": 1},
-            "correct": {"type": "integer", "minimum": 0},
-            "interval_95": {"type": "array", "items": {"type": "number"}, "minItems": 2,
-                            "maxItems": 2, "nullable": True}}},
+        "required": ["version", *LIVE_COUNTS],
+        "properties": {"version": {"type": "integer", "minimum": 1}, **LIVE_COUNTS}},
     "description": "With the prediction store on (GET /models/{name} only): each version's "
                    "feedback by label, as counts with Wilson's 95% interval of the share "
                    "right; null while the store is down."}
+
+# The canary a model's policy sets: its version and its share of unpinned requests.
+CANARY = {"type": "object", "nullable": True, "additionalProperties": False,
+          "required": ["version", "percent", "mode"], "properties": {
+              "version": {"type": "integer"},
+              "percent": {"type": "number", "minimum": 0, "maximum": 100},
+              "mode": {"type": "string", "enum": ["split", "shadow"]}}}
 
 
 def openapi_document(settings: Settings, models: "ModelRepository | None" = None) -> dict:
@@ -103,6 +113,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
                 "metrics", "Prometheus metrics, summed over every worker.", "Observability",
                 {"200": _content("Prometheus text exposition format.", "text/plain",
                                  {"type": "string"})})},
+            **_operations_paths(),
             "/openapi.json": {"get": _operation(
                 "openapi", "This document.", "Observability",
                 {"200": _content("The OpenAPI 3 document.", "application/json",
@@ -114,6 +125,7 @@ def openapi_document(settings: Settings, models: "ModelRepository | None" = None
         },
         "components": {
             "schemas": {**_schemas(settings.max_images_per_request), **_feedback_schemas(),
+                        **_operations_schemas(),
                         **_inference_protocol_schemas()},
             "responses": {**{name: _json(description, "Error")
                              for name, description in ERROR_STATUSES.items()},
@@ -237,6 +249,60 @@ def _feedback(settings):
     return operation
 
 
+def _operations_paths():
+    """The operator view: its page, and the data it shows, open where /metrics is."""
+    data = _operation(
+        "operations", "Every model's versions, labels, canary, live accuracy with its counts, "
+        "shadow agreement and drift: the operator view's data.", "Observability",
+        {"200": _json("Every model, as the operator view shows it.", "Operations"),
+         "401": {"$ref": "#/components/responses/Unauthorized"},
+         "403": {"$ref": "#/components/responses/Forbidden"}})
+    data["description"] = (
+        "Open to the addresses METRICS_ALLOW names (as /metrics is, through compose's proxy), "
+        "or, with API keys on, to a valid key from any address (401 for a wrong one).")
+    # From an allowed address no key is needed; elsewhere a key is the only way in.
+    data["security"] = [{}, {"bearer": []}, {"apiKey": []}]
+    return {
+        "/operations": {"get": _operation(
+            "operations_page", "The operator view: a page that shows /operations/models and "
+            "refreshes it every few seconds.", "Page",
+            {"200": _content("The HTML page.", "text/html", {"type": "string"})})},
+        "/operations/models": {"get": data},
+    }
+
+
+def _operations_schemas():
+    """GET /operations/models: each model and each of its versions, with their figures."""
+    string, count = {"type": "string"}, {"type": "integer", "minimum": 0}
+    nullable = {"type": "string", "nullable": True}
+    version = _object({
+        "version": {"type": "integer", "minimum": 1},
+        "state": {"type": "string", "enum": ["ready", "unavailable"]},
+        "labels": {"type": "array", "items": string},
+        "reason": {**nullable, "description": "Why it does not serve, if it does not."},
+        "live_accuracy": {
+            "type": "array", "nullable": True, "items": _object(LIVE_COUNTS),
+            "description": "Its feedback by the label it answered under, as counts with "
+                           "Wilson's 95% interval; null with the store off or down."},
+        "shadow_agreement": {"type": "array", "items": _object({
+            "stable_version": {"type": "integer", "minimum": 1}, "agreed": count,
+            "compared": count}), "description": "As a shadow: how many of its top-1 labels "
+                                                "agreed with the answers clients got."},
+        "drift": {**_object({"window": count, "class_mix_psi": {"type": "number"},
+                             "confidence_psi": {"type": "number"}}), "nullable": True,
+                  "description": "Population stability index of its last `window` answers "
+                                 "against its held-out images; null before any."}})
+    return {
+        "Operations": _object({
+            "prediction_store": {"type": "string", "enum": ["off", "on", "unavailable"]},
+            "models": {"type": "array", "items": _object({
+                "name": string, "state": string, "reason": string,
+                "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "canary": CANARY, "policy_problem": nullable,
+                "versions": {"type": "array", "items": version}})}}),
+    }
+
+
 def _security(settings):
     """With an API key configured either scheme is required; without one, none is checked."""
     security = [{"bearer": []}, {"apiKey": []}]
@@ -341,11 +407,7 @@ def _schemas(max_images):
             "name": string, "state": string, "reason": string,
             "versions": {"type": "array", "items": version_status},
             "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "canary": {"type": "object", "nullable": True, "additionalProperties": False,
-                       "required": ["version", "percent", "mode"], "properties": {
-                           "version": {"type": "integer"},
-                           "percent": {"type": "number", "minimum": 0, "maximum": 100},
-                           "mode": {"type": "string", "enum": ["split", "shadow"]}}},
+            "canary": CANARY,
             "policy": {"type": "object", "required": ["source", "problem"],
                        "additionalProperties": True, "properties": {
                            "source": {"type": "string", "enum": ["file", "default"]},

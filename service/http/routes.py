@@ -7,22 +7,22 @@ from service.http.errors import ApiError
 from service.http.openapi import openapi_document
 from service.http.uploads import read_uploads
 from service.models.confidence import PARAMETER, ThresholdError, parse_threshold, prediction
-from service.observability import metrics
+from service.observability import metrics, operations
 from service.serving import (
     admit,
     check_api_key,
+    check_operator_access,
     classify,
     decode_batch,
-    offered_keys,
     repository,
+    request_keys,
     route,
     serving_of,
     settings,
     stable_version,
     unknown,
 )
-from service.store.accuracy import live_accuracy
-from service.store.database import StoreSchemaError, StoreUnavailableError
+from service.store.accuracy import live_accuracy_or_none
 from service.store.feedback import give_feedback, key_id, parse_feedback
 
 blueprint = Blueprint("api", __name__)
@@ -108,8 +108,7 @@ def feedback() -> Response:
                        "Send feedback as application/json.")
     items, many = parse_feedback(request.get_data(cache=False),
                                  settings().feedback_max_items)
-    sender = serving.accepted_key(offered_keys(request.headers.get("Authorization", ""),
-                                               request.headers.get("X-API-Key", "")))
+    sender = serving.accepted_key(request_keys())
     results = give_feedback(serving.recorder.database, items,
                             settings().prediction_store_retention_days,
                             key_id(sender) if sender else None)
@@ -163,14 +162,11 @@ def one_model_info(name: str) -> Response:
     described = repository().model(name).describe()
     recorder = serving_of(current_app).recorder
     if recorder is not None:
-        try:
-            found = live_accuracy(recorder.database, name)
-        except (StoreUnavailableError, StoreSchemaError):
-            described["live_accuracy"] = None  # the store is down: no counts, no error
-        else:
-            described["live_accuracy"] = [
-                {"version": version, "version_label": label, **counts.describe()}
-                for (_, version, label), counts in sorted(found.items())]
+        # The store is down: no counts (null), no error.
+        found = live_accuracy_or_none(recorder.database, name)
+        described["live_accuracy"] = None if found is None else [
+            {"version": version, "version_label": label, **counts.describe()}
+            for (_, version, label), counts in sorted(found.items())]
     return jsonify(described)
 
 
@@ -179,6 +175,23 @@ def metrics_page() -> ResponseReturnValue:
     """Prometheus text format, summed over every worker."""
     body, content_type = metrics.render()
     return body, 200, {"Content-Type": content_type}
+
+
+@blueprint.get("/operations/models")
+def operations_data() -> Response:
+    """The operator view's data: every model's versions, labels, canary, live accuracy,
+    shadow agreement and drift (service/observability/operations.py); open where /metrics
+    is (METRICS_ALLOW), or with a valid API key."""
+    check_operator_access()
+    recorder = serving_of(current_app).recorder
+    return jsonify(operations.gather(repository(), recorder.database if recorder else None))
+
+
+@blueprint.get("/operations")
+def operations_page() -> str:
+    """The operator view: a page that shows /operations/models and refreshes it. The page
+    itself holds no figures; its data is guarded as /operations/models is."""
+    return render_template("operations.html")
 
 
 @blueprint.get("/openapi.json")

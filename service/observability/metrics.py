@@ -224,11 +224,61 @@ def record_api_keys(ok: bool, key_count: int) -> None:
     API_KEYS.set(key_count)
 
 
+def _registry() -> CollectorRegistry:
+    """What /metrics reads: every worker's files when there are several, else this process."""
+    if not os.environ.get(MULTIPROCESS_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type, summed over workers when there are several."""
-    if os.environ.get(MULTIPROCESS_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def read(*names: str) -> dict[str, list[tuple[dict, float]]]:
+    """The samples named (as /metrics names them), as (labels, value): the same figures
+    /metrics shows, for the operator view (service/observability/operations.py)."""
+    found: dict[str, list[tuple[dict, float]]] = {name: [] for name in names}
+    for family in _registry().collect():
+        for sample in family.samples:
+            if sample.name in found:
+                found[sample.name].append((sample.labels, sample.value))
+    return found
+
+
+def shadow_agreement() -> dict[tuple[str, int], list[dict]]:
+    """(model, shadow version) -> its top-1 agreement with the answers clients got, counted
+    by the stable version it was compared with, over every worker."""
+    counts: dict[tuple[str, int, int], dict] = {}
+    for labels, value in read("shadow_images_total")["shadow_images_total"]:
+        key = (labels["model"], int(labels["version"]), int(labels["stable_version"]))
+        entry = counts.setdefault(key, {"stable_version": key[2], "agreed": 0, "compared": 0})
+        entry["compared"] += int(value)
+        if labels["agreement"] == "agree":
+            entry["agreed"] += int(value)
+    found: dict[tuple[str, int], list[dict]] = {}
+    for (model, version, _), entry in sorted(counts.items()):
+        found.setdefault((model, version), []).append(entry)
+    return found
+
+
+def drift() -> dict[tuple[str, int], dict]:
+    """(model, version) -> its drift gauges, from the worker whose window holds the most
+    answers (each worker's window is its own share of the traffic)."""
+    samples = read("model_drift_psi", "model_drift_window_images")
+    workers: dict[tuple, dict] = {}
+    for labels, value in samples["model_drift_window_images"]:
+        key = (labels["model"], int(labels["version"]), labels.get("pid", ""))
+        workers.setdefault(key, {})["window"] = int(value)
+    for labels, value in samples["model_drift_psi"]:
+        key = (labels["model"], int(labels["version"]), labels.get("pid", ""))
+        workers.setdefault(key, {})[f"{labels['aspect']}_psi"] = round(value, 4)
+    found: dict[tuple[str, int], dict] = {}
+    for (model, version, _), gauges in workers.items():
+        if {"window", "class_mix_psi", "confidence_psi"} <= set(gauges) and gauges["window"] > \
+                found.get((model, version), {}).get("window", 0):
+            found[model, version] = gauges
+    return found

@@ -14,7 +14,7 @@ which a significance test alone cannot show.
 import math
 from dataclasses import dataclass
 
-from service.store.database import Database
+from service.store.database import Database, StoreSchemaError, StoreUnavailableError
 
 Z_95 = 1.959963984540054
 
@@ -54,6 +54,16 @@ def live_accuracy(database: Database, model: str | None = None) -> dict[tuple, L
             "GROUP BY p.model, p.version, COALESCE(p.version_label, 'none')", parameters)
     return {(name, int(version), label): LiveAccuracy(int(count), int(correct or 0))
             for name, version, label, count, correct in rows}
+
+
+def live_accuracy_or_none(database: Database, model: str | None = None
+                          ) -> dict[tuple, LiveAccuracy] | None:
+    """live_accuracy(), or None while the store cannot be read (down, or a newer schema):
+    what the views show then, instead of an error."""
+    try:
+        return live_accuracy(database, model)
+    except (StoreUnavailableError, StoreSchemaError):
+        return None
 
 
 def per_version(accuracies: dict[tuple, LiveAccuracy], model: str) -> dict[int, LiveAccuracy]:

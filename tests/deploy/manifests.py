@@ -1,10 +1,13 @@
 """The Kubernetes manifests as rendered by `kubectl kustomize`, and the pods they describe."""
 
+import atexit
 import functools
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -24,7 +27,8 @@ def kustomizations():
 def applied_directly():
     """The kustomizations a person applies (`kubectl apply -k`), relative to deploy/kubernetes.
 
-    Those that no other kustomization lists as a resource or component, so a new overlay
+    Every overlay (one may build on another: overlays/prediction-store on production), and
+    every other kustomization that none lists as a resource or component, so a new overlay
     is rendered and checked without being named here.
     """
     found = kustomizations()
@@ -34,13 +38,35 @@ def applied_directly():
             referenced.add((folder / entry).resolve())
     return sorted(str(folder.relative_to(KUSTOMIZE_ROOT)) for folder, kustomization in found.items()
                   if kustomization.get("kind", "Kustomization") == "Kustomization"
-                  and folder.resolve() not in referenced)
+                  and (folder.parent.name == "overlays" or folder.resolve() not in referenced))
+
+
+# A file a generator reads that holds a credential is gitignored, beside its committed
+# `<file>.example` (overlays/prediction-store/prediction-store.env); the manifests are built
+# with the example, as in a fresh clone, and a real file in the work tree is never read.
+EXAMPLE = ".example"
+
+
+@functools.cache
+def tree_with_examples():
+    """A copy of deploy/kubernetes in which each file that has an example is that example."""
+    target = Path(tempfile.mkdtemp(prefix="kustomize-")) / "kubernetes"
+    atexit.register(shutil.rmtree, target.parent, ignore_errors=True)
+
+    def real_files(folder, names):
+        return {name for name in names if name + EXAMPLE in names}
+
+    shutil.copytree(KUSTOMIZE_ROOT, target, ignore=real_files)
+    for example in target.rglob("*" + EXAMPLE):
+        shutil.copyfile(example, example.with_name(example.name.removesuffix(EXAMPLE)))
+    return target
 
 
 @functools.cache
 def render(name):
-    """The objects `kubectl kustomize deploy/kubernetes/<name>` prints."""
-    result = subprocess.run([KUBECTL, "kustomize", str(KUSTOMIZE_ROOT / name)],
+    """The objects `kubectl kustomize deploy/kubernetes/<name>` prints (built with the
+    examples of gitignored files)."""
+    result = subprocess.run([KUBECTL, "kustomize", str(tree_with_examples() / name)],
                             capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {name} failed:\n{result.stderr}")

@@ -5,9 +5,12 @@ kubernetes-validate bundles, and the custom resources against their CRDs' schema
 """
 
 import ast
+import base64
 import dataclasses
 import re
+import subprocess
 import tomllib
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -19,6 +22,7 @@ from tests import support
 from tests.deploy import crd_schemas, pod_security
 from tests.deploy.manifests import (
     KUBECTL,
+    KUSTOMIZE_ROOT,
     SETTINGS_CONFIG_MAP,
     applied_directly,
     dockerfile_targets,
@@ -432,3 +436,36 @@ def test_production_scales_on_the_queue_depth_the_api_exports_through_the_adapte
     assert rule["seriesQuery"].startswith(metrics.QUEUE_DEPTH._name + "{")
     assert rule["name"]["as"] == pods[0]["metric"]["name"]
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_the_prediction_store_overlay_makes_the_secret_the_api_and_the_release_job_read():
+    objects = render("overlays/prediction-store")
+    (secret,) = find(objects, "Secret")
+    (api,) = find(objects, "Deployment", "image-classifier-api")
+    (job,) = find(render("jobs/release"), "Job")
+    name = secret["metadata"]["name"]
+    assert secret["type"] == "Opaque" and set(secret["data"]) == {"url"}
+    # Where the pods that read it run, under the one name both of them ask for.
+    assert secret["metadata"]["namespace"] == api["metadata"]["namespace"] == \
+        job["metadata"]["namespace"]
+    for pod, optional in ((api, False), (job, True)):
+        (container,) = pod["spec"]["template"]["spec"]["containers"]
+        assert {"name": "PREDICTION_STORE", "valueFrom": {"secretKeyRef": {
+            "name": name, "key": "url", "optional": optional}}} in container["env"], pod["kind"]
+    # The URL is one the service takes as a PostgreSQL store.
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    assert Settings.from_env({"PREDICTION_STORE": url}).prediction_store.startswith(
+        "postgresql://")
+
+
+def test_the_committed_store_url_is_a_placeholder_and_the_real_one_stays_out_of_git():
+    folder = KUSTOMIZE_ROOT / "overlays" / "prediction-store"
+    lines = [line for line in (folder / "prediction-store.env.example").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert [line.split("=", 1)[0] for line in lines] == ["url"]
+    url = urlsplit(lines[0].split("=", 1)[1])
+    # A .invalid host resolves nowhere; the password says what to do.
+    assert url.hostname.endswith(".invalid") and url.password == "CHANGE-ME"
+    real = folder / "prediction-store.env"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(real)], cwd=support.ROOT)
+    assert ignored.returncode == 0, f"{real} must be gitignored: it holds a credential"

@@ -1,9 +1,11 @@
 """The upload page in headless Chromium against the real gunicorn service."""
 
+import base64
 import os
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from tests import support
 
@@ -123,3 +125,89 @@ def test_below_the_threshold_the_page_says_not_sure_and_shows_the_top_guesses(
     expect(page.locator("#labels")).to_have_class("labels guesses")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "page-not-sure.png"), full_page=True)
+
+
+def predict_and_correct(service, wrong):
+    """Three predictions through /predict; feedback on each: its own answer is the true class,
+    except for the first `wrong` of them. The true classes and the answers."""
+    images = [support.encode(support.draw_picture(colour, size=32, seed=seed))
+              for seed, colour in enumerate(support.SHAPE_COLOURS.values())]
+    answer = requests.post(service.url("/predict"), timeout=30, json={
+        "images": [base64.b64encode(image).decode() for image in images]})
+    assert answer.status_code == 200, answer.text
+    feedback = []
+    for index, prediction in enumerate(answer.json()["predictions"]):
+        truth = prediction["top_k"][0]["label"]
+        if index < wrong:
+            truth = next(label for label in support.SHAPE_COLOURS if label != truth)
+        feedback.append({"prediction_id": prediction["prediction_id"], "class": truth})
+    sent = requests.post(service.url("/feedback"), json=feedback, timeout=30)
+    assert sent.status_code == 200, sent.text
+
+
+def test_the_operator_view_shows_versions_and_live_accuracy_and_refreshes(
+        start_service, models_dir, page, tmp_path):
+    from service.models import release
+
+    # shapes 1 stable, and 2 (a copy) as a shadow that sees every request.
+    support.publish_copy(models_dir, 2)
+    folder = str(models_dir / "shapes")
+    release.promote(folder, 1)
+    release.set_canary(folder, 2, 100, "shadow")
+    # A drift window of three answers: the three predictions below fill it.
+    service = start_service(models_dir, prediction_store=tmp_path / "store",
+                            metrics_allow="127.0.0.1", drift_window=3)
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url)
+            if request.url.endswith("/operations/models") else None)
+    loads = []
+    page.on("load", lambda _: loads.append(1))
+    expect = sync_api.expect
+
+    page.goto(service.url("/operations"))
+    model = page.locator('section[data-model="shapes"]')
+    expect(model.locator("h2")).to_have_text("shapes · ready", timeout=30_000)
+    expect(model.locator(".canary")).to_have_text(
+        "stable: version 1 · canary: version 2 sees a copy of 100% of requests (shadow)")
+    stable, shadow = model.locator('tr[data-version="1"]'), model.locator('tr[data-version="2"]')
+    expect(stable.locator(".labels-cell")).to_have_text("stable")
+    expect(shadow.locator(".labels-cell")).to_have_text("canary")
+    expect(stable.locator(".accuracy")).to_have_text("no feedback yet")
+    expect(page.locator("#summary")).to_contain_text("1 model · prediction store on")
+
+    predict_and_correct(service, wrong=1)
+    # Drawn again without a reload: the counts beside the rate, and the interval.
+    expect(stable.locator(".accuracy")).to_have_text(
+        "stable: 2 of 3 right (66.7%; 95% interval 20.8–93.8%)", timeout=20_000)
+    expect(shadow.locator(".accuracy")).to_have_text("no feedback yet")
+    # Version 2 is a copy of 1: its copies agree on every image.
+    expect(shadow.locator(".shadow")).to_have_text(
+        "3 of 3 agreed with version 1 (100.0%)", timeout=20_000)
+    expect(stable.locator(".drift")).to_contain_text("over 3 answers")
+    assert len(loads) == 1 and len(fetched) >= 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-operations.png"), full_page=True)
+
+
+def test_outside_metrics_allow_the_operator_view_asks_for_a_key_and_opens_with_one(
+        start_service, models_dir, page):
+    key = "operator-key-long-enough-1234"
+    service = start_service(models_dir, metrics_allow="192.0.2.1", api_key=key)
+    expect = sync_api.expect
+
+    page.goto(service.url("/operations"))
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=30_000)
+    expect(error).to_contain_text("This view is not open to you")
+    expect(error).to_contain_text("METRICS_ALLOW")
+    expect(page.locator("section[data-model]")).to_have_count(0)
+
+    page.fill("#api-key", "not-the-right-key-at-all")
+    page.press("#api-key", "Enter")
+    expect(error).to_contain_text("A valid API key is required")
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    expect(page.locator('section[data-model="shapes"] tr[data-version="1"]')).to_be_visible()
+    expect(error).to_be_hidden()
+    # The store is off here: the view says so instead of showing a rate.
+    expect(page.locator('tr[data-version="1"] .accuracy')).to_have_text("prediction store off")

@@ -19,6 +19,8 @@ from tests import support
 ROUTES = {("/predict", "post"), ("/health/live", "get"), ("/health/ready", "get"),
           ("/health", "get"), ("/model", "get"), ("/metrics", "get"),
           ("/openapi.json", "get"), ("/", "get"), ("/feedback", "post"),
+          # The operator view and its data.
+          ("/operations", "get"), ("/operations/models", "get"),
           # The model repository: every model, and predict by model, version or label.
           ("/models", "get"), ("/models/{name}", "get"), ("/models/{name}/predict", "post"),
           ("/models/{name}/versions/{version}/predict", "post"),

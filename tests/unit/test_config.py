@@ -29,6 +29,8 @@ def test_each_setting_is_read_from_its_upper_case_variable():
     ("LOG_LEVEL", "loud", "LOG_LEVEL must be"),
     ("TRUSTED_PROXY_HOPS", "-1", "TRUSTED_PROXY_HOPS must not be negative"),
     ("PIN_WORKERS", "2", "PIN_WORKERS must be 1 .on. or 0 .off."),
+    ("METRICS_ALLOW", "10.0.0.0/33", "METRICS_ALLOW must be an address, a CIDR range or all"),
+    ("METRICS_ALLOW", "everyone", "METRICS_ALLOW must be an address, a CIDR range or all"),
 ])
 def test_unusable_values_are_refused_with_the_variable_named(variable, value, words):
     with pytest.raises(SettingsError, match=words):

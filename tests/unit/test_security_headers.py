@@ -18,19 +18,21 @@ def directives(policy):
 @pytest.mark.parametrize("method, path", [
     ("GET", "/"), ("GET", "/health/live"), ("GET", "/model"), ("GET", "/metrics"),
     ("GET", "/openapi.json"), ("GET", "/static/page.js"), ("GET", "/no/such/route"),
-    ("POST", "/predict"), ("GET", "/v2/health/ready"),
+    ("POST", "/predict"), ("GET", "/v2/health/ready"), ("GET", "/operations"),
+    ("GET", "/operations/models"), ("GET", "/static/operations.js"),
 ])
 def test_every_answer_has_nosniff_no_referrer_and_no_framing(client, method, path):
     response = client.open(path, method=method)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert response.headers["X-Frame-Options"] == "DENY"
-    expected = PAGE_POLICY if path == "/" else OTHER_POLICY
+    expected = PAGE_POLICY if path in ("/", "/operations") else OTHER_POLICY
     assert response.headers.getlist("Content-Security-Policy") == [expected]
 
 
-def test_the_page_may_load_only_its_own_scripts_and_styles(client):
-    page = client.get("/")
+@pytest.mark.parametrize("path", ["/", "/operations"])
+def test_the_page_may_load_only_its_own_scripts_and_styles(client, path):
+    page = client.get(path)
     policy = directives(page.headers["Content-Security-Policy"])
     assert policy["default-src"] == ["'none'"]
     assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"]
