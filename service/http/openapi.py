@@ -251,12 +251,12 @@ def _feedback(settings):
 
 def _operations_paths():
     """The operator view: its page, and the data it shows, open where /metrics is."""
-    data = _operation(
-        "operations", "Every model's versions, labels, canary, live accuracy with its counts, "
-        "shadow agreement and drift: the operator view's data.", "Observability",
-        {"200": _json("Every model, as the operator view shows it.", "Operations"),
-         "401": {"$ref": "#/components/responses/Unauthorized"},
-         "403": {"$ref": "#/components/responses/Forbidden"}})
+    refusals = {status: {"$ref": f"#/components/responses/{name}"}
+                for status, name in (("401", "Unauthorized"), ("403", "Forbidden"))}
+    summary = ("Every model's versions, labels, canary, live accuracy with its counts, "
+               "shadow agreement and drift: the operator view's data.")
+    data = _operation("operations", summary, "Observability", {
+        "200": _json("Every model, as the operator view shows it.", "Operations"), **refusals})
     data["description"] = (
         "Open to the addresses METRICS_ALLOW names (as /metrics is, through compose's proxy), "
         "or, with API keys on, to a valid key from any address (401 for a wrong one).")
