@@ -18,6 +18,10 @@ LOGIT_SCALE = 1 / 9
 WHITENING_EPSILON = 5e-4
 # As model_training/calibration.py clips before its logarithm.
 PROBABILITY_EPSILON = 1e-12
+# The network's shapes (--architecture): airbench94's three groups of two convolutions, or
+# "deep": a third, residual convolution in the last group, paid for by 7/8 of the width in
+# the first (the same multiply-adds at 32x32 inputs, within 1%; docs/training-runs/).
+ARCHITECTURES = ("airbench", "deep")
 
 
 @keras.saving.register_keras_serializable(package="model_training")
@@ -29,11 +33,12 @@ class HorizontalFlip(layers.Layer):
 
 
 def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int = 64,
-               cutout: float = 0.0, batch_norm_momentum: float = 0.6) -> keras.Model:
+               cutout: float = 0.0, batch_norm_momentum: float = 0.6,
+               architecture: str = "airbench") -> keras.Model:
     """Build the classifier; it takes raw 0-255 pixels and returns class probabilities.
 
     `cutout` is the side of the grey square erased from every training image, as a
-    fraction of the image's side (0 for none).
+    fraction of the image's side (0 for none); `architecture` is one of ARCHITECTURES.
     """
     inputs = keras.Input(shape=input_shape, name="image")
     # The scaling lives inside the model so that training and serving cannot disagree.
@@ -62,8 +67,16 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
     x = layers.Concatenate(name="whiten_both_signs")([whitened, negated])
     x = layers.Activation("gelu", name="whiten_gelu")(x)
 
-    for index, filters in enumerate((width, width * 4, width * 4), start=1):
+    deep = architecture == "deep"
+    first = width * 7 // 8 if deep else width
+    for index, filters in enumerate((first, width * 4, width * 4), start=1):
         x = conv_group(x, filters, batch_norm_momentum, name=f"group{index}")
+    if deep:
+        # A third convolution where the picture is smallest (4x4 at 32x32 inputs), so depth
+        # costs least; residual, as airbench96's third convolutions are.
+        extra = batch_norm_gelu(conv(x, width * 4, name="group3_conv3"), batch_norm_momentum,
+                                name="group3_3")
+        x = layers.Add(name="group3_residual")([x, extra])
 
     # The largest response anywhere in the picture, for any input size.
     x = layers.GlobalMaxPooling2D(name="pool")(x)
@@ -257,14 +270,46 @@ class Lookahead(keras.callbacks.Callback):
             variable.assign(self.slow[index])
 
 
+def distillation_loss(label_smoothing: float, weight: float, temperature: float) -> Callable:
+    """Hinton et al.'s (2015) loss for targets [label, teacher's probabilities...]: the
+    smoothed cross-entropy with the label, mixed with `weight` of the cross-entropy with the
+    teacher, both softened by `temperature` (times its square, so gradients keep their size)."""
+    hard_loss = smoothed_sparse_crossentropy(label_smoothing)
+
+    def soften(probabilities):
+        log_probabilities = ops.log(ops.clip(probabilities, PROBABILITY_EPSILON, 1.0))
+        return ops.log_softmax(log_probabilities / temperature, axis=-1)
+
+    def loss(targets, probabilities):
+        labels, teacher = targets[:, 0], targets[:, 1:]
+        soft = -ops.sum(ops.exp(soften(teacher)) * soften(probabilities), axis=-1)
+        return ((1 - weight) * hard_loss(labels, probabilities)
+                + weight * temperature ** 2 * soft)
+
+    return loss
+
+
+def label_accuracy(targets, probabilities):
+    """Top-1 accuracy against the label in the targets' first column."""
+    labels = ops.cast(targets[:, 0], "int32")
+    return ops.mean(ops.cast(ops.argmax(probabilities, axis=-1) == labels, "float32"))
+
+
 def compile_model(model: keras.Model, schedule: float | LearningRateSchedule,
                   momentum: float = 0.85, weight_decay: float = 0.0089,
-                  label_smoothing: float = 0.2) -> keras.Model:
-    """Compile with Nesterov SGD, decoupled weight decay and label smoothing."""
+                  label_smoothing: float = 0.2,
+                  distillation: tuple[float, float] | None = None) -> keras.Model:
+    """Compile with Nesterov SGD, decoupled weight decay and label smoothing; with
+    `distillation` (weight, temperature), against targets that carry a teacher's answer."""
+    if distillation:
+        loss = distillation_loss(label_smoothing, *distillation)
+        accuracy = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
+    else:
+        loss, accuracy = smoothed_sparse_crossentropy(label_smoothing), "accuracy"
     model.compile(
         optimizer=BiasScaledSGD(learning_rate=schedule, momentum=momentum, nesterov=True,
                                 weight_decay=weight_decay),
-        loss=smoothed_sparse_crossentropy(label_smoothing),
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=[accuracy],
     )
     return model

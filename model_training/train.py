@@ -22,6 +22,7 @@ from model_training import data as datasets
 from model_training.data import LabelledImages
 from model_training.export import export_serving_forms
 from model_training.model import (
+    ARCHITECTURES,
     Lookahead,
     WarmupLinearDecay,
     compile_model,
@@ -81,6 +82,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--width", type=positive_int, default=32,
                         help="filters in the first conv group; the others have 4 times as many "
                              "(32; 64 is about a point more accurate at 4 times the model time)")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default=ARCHITECTURES[0],
+                        help="airbench: three groups of two convolutions (default); deep: a "
+                             "third, residual one in the last group, at the same model time")
+    parser.add_argument("--teacher", metavar="VERSION_FOLDER",
+                        help="distil: learn from this published version's answers as well as "
+                             "the labels (a wider model trained on the same data and --seed, "
+                             "e.g. with --width 64 --flip-tta --release publish)")
+    parser.add_argument("--distillation", type=fraction, default=0.5,
+                        help="with --teacher: the teacher's share of the loss (0.5)")
+    parser.add_argument("--distillation-temperature", type=positive_float, default=2.0,
+                        help="with --teacher: the softening of both answers (2)")
     parser.add_argument("--image-size", type=positive_int,
                         help="side of the square model input in pixels (default: from the data)")
     parser.add_argument("--color-mode", choices=("rgb", "grayscale"),
@@ -115,6 +127,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                               help="with --release canary: split (it answers its share) or "
                                    "shadow (it sees a copy only)")
     args = parser.parse_args(argv)
+    if args.teacher and args.weights_from:
+        parser.error("--teacher trains a network; --weights-from takes a trained one")
     if args.test_dir and not args.data_dir:
         parser.error("--test-dir goes with --data-dir")
     if args.validation_split == 0:
@@ -229,16 +243,20 @@ def train(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict, gate.Ve
         # 3-4. A published version's trained network instead of a new one.
         plain, source = trained_network(args.weights_from, train_set)
     else:
+        # With a teacher, its answers on every training and validation image, once.
+        teacher = teacher_answers(args, train_set, validation_set, test_set)
         precision = choose_precision(args.precision)
         with precision_policy(precision):
             # 3. Build the network, and fit its frozen stem to these images' patches.
             model = build_model(args, train_set)
             compile_model(model, WarmupLinearDecay(plan["peak_learning_rate"], plan["steps"]),
-                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
+                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                          distillation=teacher and (args.distillation,
+                                                    args.distillation_temperature))
             model.summary(print_fn=lambda line, **kwargs: print(line))
 
             # 4. Fit, watching the validation set; keep the best epoch's weights.
-            history, seconds = fit(model, train_set, validation_set, args, plan)
+            history, seconds = fit(model, train_set, validation_set, args, plan, teacher)
         plain = float32_copy(model, args)
 
     # 5. The served copy: float32 (it runs on any CPU), averaged over the mirror image if
@@ -335,23 +353,36 @@ def precision_policy(precision: str) -> Iterator[None]:
 def build_model(args: argparse.Namespace, train_set: LabelledImages) -> keras.Model:
     """The network for this data, with its whitening stem fitted and Dirac-initialised groups."""
     model = make_model(train_set.images.shape[1:], len(train_set.class_names), width=args.width,
-                       cutout=args.cutout)
+                       cutout=args.cutout, architecture=args.architecture)
     whiten(model, train_set.images)
     identity_init(model)
     return model
 
 
 def fit(model: keras.Model, train_set: LabelledImages, validation_set: LabelledImages,
-        args: argparse.Namespace, plan: dict) -> tuple[keras.callbacks.History, float]:
-    """Run model.fit with early stopping; return (history, seconds in fit)."""
+        args: argparse.Namespace, plan: dict,
+        teacher: tuple[np.ndarray, np.ndarray] | None = None
+        ) -> tuple[keras.callbacks.History, float]:
+    """Run model.fit with early stopping; return (history, seconds in fit).
+
+    With `teacher` (its answers on the training and validation images), each target is the
+    label followed by the teacher's answer, as model_training.model.distillation_loss reads it.
+    """
     import tensorflow as tf
 
+    def targets(labelled: LabelledImages, answers: np.ndarray | None) -> np.ndarray:
+        if answers is None:
+            return labelled.labels
+        return np.concatenate([labelled.labels[:, None].astype(np.float32), answers], axis=1)
+
+    train_targets = targets(train_set, teacher and teacher[0])
+    validation_targets = targets(validation_set, teacher and teacher[1])
     # The arrays are already decoded in memory; shuffle each epoch and keep the CPU fed.
-    training_data = (tf.data.Dataset.from_tensor_slices((train_set.images, train_set.labels))
+    training_data = (tf.data.Dataset.from_tensor_slices((train_set.images, train_targets))
                      .shuffle(len(train_set.labels), seed=args.seed, reshuffle_each_iteration=True)
                      .batch(plan["batch_size"]).prefetch(tf.data.AUTOTUNE))
     validation_data = (tf.data.Dataset.from_tensor_slices((validation_set.images,
-                                                           validation_set.labels))
+                                                           validation_targets))
                        .batch(1024).prefetch(tf.data.AUTOTUNE))
     # The schedule does the real work; early stopping is the guard against a run that
     # stops improving (a small or noisy dataset), and it keeps the best epoch's weights.
@@ -370,13 +401,14 @@ def float32_copy(model: keras.Model, args: argparse.Namespace) -> keras.Model:
     """A float32 copy of the trained network without optimizer state."""
     with precision_policy("float32"):
         plain = make_model(model.input_shape[1:], model.output_shape[-1], width=args.width,
-                           cutout=args.cutout)
+                           cutout=args.cutout, architecture=args.architecture)
     plain.set_weights(model.get_weights())
     return plain
 
 
-def trained_network(folder: str, train_set: LabelledImages) -> tuple[keras.Model, dict]:
-    """A published version's network without its serving wrappers, and its metadata."""
+def published_version(folder: str, option: str,
+                      train_set: LabelledImages) -> tuple[keras.Model, dict]:
+    """A published version's served model and its metadata, checked against this data."""
     import model_training.model  # noqa: F401  (registers the custom layers)
 
     try:
@@ -384,16 +416,45 @@ def trained_network(folder: str, train_set: LabelledImages) -> tuple[keras.Model
             source = json.load(file)
         model = keras.saving.load_model(os.path.join(folder, artifact.KERAS_FILE), compile=False)
     except (OSError, ValueError, KeyError) as error:
-        raise datasets.DataError(f"--weights-from {folder!r}: not a readable version folder "
+        raise datasets.DataError(f"{option} {folder!r}: not a readable version folder "
                                  f"({getattr(error, 'strerror', None) or error})") from None
+    if (source.get("classes") != train_set.class_names
+            or tuple(model.input_shape[1:]) != train_set.images.shape[1:]):
+        raise datasets.DataError(f"{option} {folder!r}: its classes or input size differ "
+                                 "from this data's")
+    return model, source
+
+
+def trained_network(folder: str, train_set: LabelledImages) -> tuple[keras.Model, dict]:
+    """A published version's network without its serving wrappers, and its metadata."""
+    model, source = published_version(folder, "--weights-from", train_set)
     # The mirror averaging and the temperature wrap the network as a nested model.
     while any(isinstance(layer, keras.Model) for layer in model.layers):
         model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    if (source.get("classes") != train_set.class_names
-            or tuple(model.input_shape[1:]) != train_set.images.shape[1:]):
-        raise datasets.DataError(f"--weights-from {folder!r}: its classes or input size differ "
-                                 "from this data's")
     return model, source
+
+
+def teacher_answers(args: argparse.Namespace, train_set: LabelledImages,
+                    validation_set: LabelledImages, test_set: LabelledImages
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The --teacher's served answers on the training and validation images (None without).
+
+    The teacher must not have seen this run's test images: it was trained on the same data
+    with the same --seed, so its split is this one's (checked by the image counts).
+    """
+    if not args.teacher:
+        return None
+    model, source = published_version(args.teacher, "--teacher", train_set)
+    dataset, training = source.get("dataset", {}), source.get("training", {})
+    if (training.get("seed") != args.seed or dataset.get("test_images") != len(test_set.labels)
+            or dataset.get("train_images") != len(train_set.labels)):
+        raise datasets.DataError(f"--teacher {args.teacher!r}: trained on another split (its "
+                                 "--seed or image counts differ), so it may have seen this "
+                                 "run's test images")
+    print(f"teacher: {args.teacher} (test accuracy "
+          f"{source.get('metrics', {}).get('test_accuracy')})")
+    return tuple(model.predict(labelled.images, batch_size=512, verbose=0).astype(np.float32)
+                 for labelled in (train_set, validation_set))
 
 
 def serving_copy(plain: keras.Model, args: argparse.Namespace, validation_set: LabelledImages,
@@ -481,6 +542,10 @@ def describe_run(args: argparse.Namespace, argv: list[str], name: str, precision
             "label_smoothing": args.label_smoothing,
             "cutout": args.cutout,
             "lookahead": args.lookahead,
+            "architecture": args.architecture,
+            "distillation": args.teacher and {
+                "teacher": args.teacher, "weight": args.distillation,
+                "temperature": args.distillation_temperature},
             "flip_test_time_augmentation": args.flip_tta,
             "precision": precision,
             "seed": args.seed,

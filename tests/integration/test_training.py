@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from model_training import evaluate, train
+from model_training import model as train_model
 from model_training.calibration import scale
 from tests import support
 
@@ -100,6 +101,52 @@ def test_a_published_network_is_calibrated_into_a_new_version_without_training(
     assert "--weights-from" in second["training"]["command"]
     assert second["serving"]["tflite"]["top1_agreement"] >= 0.999
     assert (models_dir / "shapes" / "2" / "reliability-diagram.png").exists()
+
+
+def test_a_student_learns_from_a_teachers_answers_on_the_same_split(
+        models_dir, shapes_dataset, monkeypatch):
+    teacher = models_dir / "shapes" / "1"
+    seen = {}
+    real_loss = train_model.distillation_loss
+
+    def recording_loss(*args):
+        seen["settings"] = args
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_model, "distillation_loss", recording_loss)
+    status = train.main(["--data-dir", str(shapes_dataset), "--output", str(models_dir),
+                         "--epochs", "2", *support.TINY_MODEL_OPTIONS, "--architecture", "deep",
+                         "--teacher", str(teacher), "--distillation", "0.7",
+                         "--release", "publish"])
+    assert status == 0
+    student = json.loads((models_dir / "shapes" / "2" / "metadata.json").read_text())
+    assert seen["settings"] == (0.2, 0.7, 2.0)  # label smoothing, the teacher's share, T
+    assert student["training"]["distillation"] == {"teacher": str(teacher), "weight": 0.7,
+                                                   "temperature": 2.0}
+    assert student["training"]["architecture"] == "deep"
+    assert student["serving"]["tflite"]["top1_agreement"] >= 0.999
+
+
+def test_a_teacher_trained_on_another_split_is_refused(models_dir, shapes_dataset, capsys):
+    # Another --seed holds out other images: the teacher may have learnt this run's test set.
+    status = train.main(["--data-dir", str(shapes_dataset), "--output", str(models_dir),
+                         "--epochs", "1", *support.TINY_MODEL_OPTIONS, "--seed", "7",
+                         "--teacher", str(models_dir / "shapes" / "1")])
+    assert status == 2
+    assert "trained on another split" in capsys.readouterr().err
+    assert not (models_dir / "shapes" / "2").exists()
+
+
+def test_the_distillation_loss_mixes_the_label_and_the_teacher():
+    labels_and_teacher = np.array([[0, 0.9, 0.1], [1, 0.5, 0.5]], np.float32)
+    student = np.array([[0.8, 0.2], [0.3, 0.7]], np.float32)
+    hard = train_model.smoothed_sparse_crossentropy(0.1)(labels_and_teacher[:, 0], student)
+    only_labels = train_model.distillation_loss(0.1, 0.0, 2.0)(labels_and_teacher, student)
+    assert np.allclose(only_labels, hard, atol=1e-6)
+    # At T = 1 the soft part is the cross-entropy with the teacher's answer.
+    soft = train_model.distillation_loss(0.1, 1.0, 1.0)(labels_and_teacher, student)
+    expected = -(labels_and_teacher[:, 1:] * np.log(student)).sum(axis=1)
+    assert np.allclose(keras.ops.convert_to_numpy(soft), expected, atol=1e-5)
 
 
 def test_small_folders_get_smaller_batches_and_more_epochs():
