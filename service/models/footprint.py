@@ -8,9 +8,10 @@ replaced is still held, so both count.
 What a version needs is known before it loads. First an upper bound, read from its
 model.tflite without loading it (`upper_bound_bytes`): when that fits, the version loads at
 once, and a start is not slowed. Otherwise a short-lived child process loads it exactly
-as the worker would (the same batch size and threads) and reports how much its resident
-memory grew: the weights, XNNPACK's packed copy, the interpreters' workspaces (LiteRT does
-not report its arena, so this is measured). A child that the kernel kills for memory costs
+as the worker would (the same batch size and threads) and reports how much the memory it
+cannot drop grew (`resident_bytes`): XNNPACK's packed copy of the weights in each
+interpreter and their workspaces (LiteRT does not report its arena, so this is measured).
+The model file itself is mapped, not read: page cache, shared by every worker. A child that the kernel kills for memory costs
 only itself: it asks to be killed first (oom_score_adj 1000), before any worker.
 
 A version that would not fit is refused with the reason, as a broken version is (in
@@ -172,7 +173,7 @@ class FittingLoader:
         """The loaded version (ModelLoadError when it is unusable or would not fit)."""
         held = resident_bytes()
         if self.share is not None and not 0 < self._bound(path) <= self.share - held:
-            least = 2 * _file_bytes(path)  # the file read in, and one packed copy of it
+            least = 2 * _file_bytes(path)  # a packed copy of the weights, and a workspace
             if held + least > self.share:  # no trial: it cannot fit
                 self._refuse(least, held)
             needed, held = self._trial(path), resident_bytes()  # the trial took a while
