@@ -11,8 +11,9 @@ once, and a start is not slowed. Otherwise a short-lived child process loads it 
 as the worker would (the same batch size and threads) and reports how much the memory it
 cannot drop grew (`resident_bytes`): XNNPACK's packed copy of the weights in each
 interpreter and their workspaces (LiteRT does not report its arena, so this is measured).
-The model file itself is mapped, not read: page cache, shared by every worker. A child that the kernel kills for memory costs
-only itself: it asks to be killed first (oom_score_adj 1000), before any worker.
+The model file itself is mapped, not read: page cache, shared by every worker. A child
+that the kernel kills for memory costs only itself: it asks to be killed first
+(oom_score_adj 1000), before any worker.
 
 A version that would not fit is refused with the reason, as a broken version is (in
 /models, the log and `model_versions_refused`), and the versions already serving keep
