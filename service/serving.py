@@ -88,20 +88,23 @@ class Serving:
         return self.admission.admit(chosen.name, chosen.model.version, deadline, gone)
 
     def classify(self, chosen: Route, images: np.ndarray, expectation, origin: Origin,
-                 ticket: Ticket | None = None) -> tuple[np.ndarray, list[str] | None]:
-        """Class probabilities from the chosen version, through the batcher, and the images'
-        prediction ids (None with the store off); the store records them, a shadow gets a
+                 ticket: Ticket | None = None, threshold: float | None = None
+                 ) -> tuple[np.ndarray, list[str] | None, np.ndarray]:
+        """Class probabilities from the chosen version, through the batcher; the images'
+        prediction ids (None with the store off); which are answered as unknown (below the
+        request's `threshold`, as `unknown` decides). The store records them, a shadow gets a
         copy unless the service is overloaded (a copy never takes a caller's place), the
         request and its images are counted. The one hook of every face."""
         probabilities = self.batcher.submit(chosen.model, images, expectation, ticket)
+        verdicts = self.unknown(chosen, probabilities, threshold)
         ids = None
         if self.recorder is not None:
-            ids = self.recorder.record(chosen, images, probabilities, origin)
+            ids = self.recorder.record(chosen, images, probabilities, origin, verdicts)
         if chosen.shadow is not None and not self.admission.overloaded():
             self.shadow.offer(chosen, images, probabilities, ids)
         metrics.count_classified(chosen, probabilities)
         self.drift.observe(chosen.name, chosen.model, probabilities)
-        return probabilities, ids
+        return probabilities, ids, verdicts
 
     def unknown(self, chosen: Route, probabilities: np.ndarray,
                 threshold: float | None = None) -> np.ndarray:
@@ -187,13 +190,14 @@ def admit(chosen: Route):
 
 def classify(chosen: Route, images: np.ndarray, expectation,
              encoded: list[bytes] | None = None, top_k: int | None = None,
-             ticket: Ticket | None = None) -> tuple[np.ndarray, list[str] | None]:
-    """Class probabilities and prediction ids from the chosen version (Serving.classify),
-    noted for the log; `encoded` are the images as sent, for the store."""
-    probabilities, ids = serving_of(current_app).classify(
-        chosen, images, expectation, request_origin(encoded, top_k), ticket)
+             ticket: Ticket | None = None, threshold: float | None = None
+             ) -> tuple[np.ndarray, list[str] | None, np.ndarray]:
+    """Class probabilities, prediction ids and unknown verdicts from the chosen version
+    (Serving.classify), noted for the log; `encoded` are the images as sent, for the store."""
+    answer = serving_of(current_app).classify(
+        chosen, images, expectation, request_origin(encoded, top_k), ticket, threshold)
     g.route, g.image_count = chosen, len(images)
-    return probabilities, ids
+    return answer
 
 
 def request_origin(encoded: list[bytes] | None, top_k: int | None = None) -> Origin:
@@ -201,11 +205,6 @@ def request_origin(encoded: list[bytes] | None, top_k: int | None = None) -> Ori
     rule = request.url_rule.rule if request.url_rule else request.path
     return Origin(rule, g.get("request_id", ""), g.get("started", time.perf_counter()),
                   encoded, request.remote_addr, top_k)
-
-
-def unknown(chosen: Route, probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Which images are answered as unknown (Serving.unknown)."""
-    return serving_of(current_app).unknown(chosen, probabilities, threshold)
 
 
 def request_keys() -> list[str]:

@@ -20,7 +20,6 @@ from service.serving import (
     serving_of,
     settings,
     stable_version,
-    unknown,
 )
 from service.store.accuracy import live_accuracy_or_none
 from service.store.feedback import give_feedback, key_id, parse_feedback
@@ -79,10 +78,10 @@ def _predict(name=None, version=None, label=None):
     with admit(chosen) as ticket, current_app.extensions["batcher"].expect() as expectation:
         uploads = read_uploads(request, settings().max_images_per_request)
         images = decode_batch((data for _, data in uploads), model)
-        probabilities, ids = classify(chosen, images, expectation,
-                                      [data for _, data in uploads], top_k, ticket)
+        probabilities, ids, verdicts = classify(chosen, images, expectation,
+                                                [data for _, data in uploads], top_k, ticket,
+                                                threshold)
     predictions = []
-    verdicts = unknown(chosen, probabilities, threshold)
     for index, ((filename, _), scores, verdict) in enumerate(
             zip(uploads, probabilities, verdicts, strict=True)):
         predictions.append({"filename": filename,

@@ -73,9 +73,9 @@ def infer(serving: Serving, name: str, version: str | None, routing_key: str | N
         outputs = requested_outputs(parsed, model)
         images = batch_images(parsed.inputs, model, serving)
         encoded = parsed.inputs[0].data if parsed.inputs[0].name == IMAGE_INPUT else None
-        probabilities, ids = serving.classify(chosen, images, expectation,
-                                              replace(origin, encoded=encoded), ticket)
-    unknown = serving.unknown(chosen, probabilities, parsed.min_confidence)
+        probabilities, ids, unknown = serving.classify(
+            chosen, images, expectation, replace(origin, encoded=encoded), ticket,
+            parsed.min_confidence)
     return Inference(chosen, parsed, [output_tensor(requested, model, probabilities, unknown)
                                       for requested in outputs], len(images), ids)
 

@@ -49,7 +49,8 @@ def live_accuracy(database: Database, model: str | None = None) -> dict[tuple, L
     with database.transaction() as session:
         rows = session.run(
             "SELECT p.model, p.version, COALESCE(p.version_label, 'none'), COUNT(*), "
-            "SUM(CASE WHEN p.top1 = f.true_class THEN 1 ELSE 0 END) FROM predictions p "
+            "SUM(CASE WHEN p.top1 = f.true_class AND p.answered_unknown = 0 THEN 1 ELSE 0 END) "
+            "FROM predictions p "
             f"JOIN feedback f ON f.prediction_id = p.prediction_id {where} "
             "GROUP BY p.model, p.version, COALESCE(p.version_label, 'none')", parameters)
     return {(name, int(version), label): LiveAccuracy(int(count), int(correct or 0))

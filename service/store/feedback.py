@@ -120,11 +120,12 @@ def _may_be_on_the_way(item: Feedback) -> bool:
 
 def _predictions(session, items: list[Feedback], cutoff: float) -> dict[str, tuple]:
     """The rows of the items' predictions still kept: id -> (model, version, label, top1,
-    classes, earlier true class)."""
+    answered unknown, classes, earlier true class)."""
     ids = sorted({item.prediction_id for item in items})
     marks = ", ".join("?" for _ in ids)
     rows = session.run(
-        "SELECT p.prediction_id, p.model, p.version, p.version_label, p.top1, v.classes, "
+        "SELECT p.prediction_id, p.model, p.version, p.version_label, p.top1, "
+        "p.answered_unknown, v.classes, "
         "f.true_class FROM predictions p "
         "LEFT JOIN model_versions v ON v.model = p.model AND v.version = p.version "
         "LEFT JOIN feedback f ON f.prediction_id = p.prediction_id "
@@ -136,7 +137,7 @@ def _record(session, items: list[Feedback], found: dict, sender: str | None) -> 
     """Check every item, then write the new ones: all or nothing."""
     results, new, given = [], [], {}
     for item in items:
-        model, version, label, top1, classes, earlier = found[item.prediction_id]
+        model, version, label, top1, unknown, classes, earlier = found[item.prediction_id]
         if classes is not None and item.true_class not in json.loads(classes):
             raise FeedbackError(UNKNOWN_CLASS, f"{item.true_class[:40]!r} is not a class of "
                                                f"model {model!r} version {version}; its classes: "
@@ -149,7 +150,8 @@ def _record(session, items: list[Feedback], found: dict, sender: str | None) -> 
             new.append((item.prediction_id, item.true_class, time.time(), sender))
             given[item.prediction_id] = item.true_class
         results.append({"prediction_id": item.prediction_id, "class": item.true_class,
-                        "correct": top1 == item.true_class, "new": earlier is None,
+                        "correct": top1 == item.true_class and not unknown,
+                        "new": earlier is None,
                         "model": model, "version": version, "version_label": label})
     for row in new:
         session.run("INSERT INTO feedback (prediction_id, true_class, created_at, key_id) "

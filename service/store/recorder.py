@@ -74,6 +74,7 @@ class _Prediction:
     sha256: str
     image: bytes | np.ndarray | None
     size: int = field(default=RECORD_BYTES)
+    unknown: bool = False  # answered as unknown (below its min_confidence)
 
 
 @dataclass
@@ -143,8 +144,10 @@ class PredictionRecorder:
         self._writing = False
 
     def record(self, route: "Route", images: np.ndarray, probabilities: np.ndarray,
-               origin: Origin) -> list[str]:
-        """Queue one record per image; the prediction ids, in image order, for the answer."""
+               origin: Origin, unknown: Sequence[bool] | None = None) -> list[str]:
+        """Queue one record per image; the prediction ids, in image order, for the answer.
+        An image answered as unknown (`unknown`) is marked so: it matches no true class in
+        live accuracy (service/store/accuracy.py), whatever its top guess."""
         now, latency_ms = time.time(), (time.perf_counter() - origin.started) * 1000
         ids = []
         for index, scores in enumerate(probabilities):
@@ -153,7 +156,8 @@ class PredictionRecorder:
             sha256 = hashlib.sha256(raw).hexdigest()
             kept = raw if is_sampled(sha256, self.sample_share) else None
             record = _Prediction(new_prediction_id(now), now, origin, route, scores, latency_ms,
-                                 sha256, kept, RECORD_BYTES + _size(kept))
+                                 sha256, kept, RECORD_BYTES + _size(kept),
+                                 unknown is not None and bool(unknown[index]))
             ids.append(record.prediction_id)
             self._put(record, route.name)
         return ids
@@ -222,7 +226,8 @@ class PredictionRecorder:
                 session.run_many(
                     "INSERT INTO predictions (prediction_id, created_at, request_id, model, "
                     "version, version_label, route, top1, top_k, latency_ms, image_sha256, "
-                    "client_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "client_address, answered_unknown) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 session.run_many(
                     "INSERT INTO images (image_sha256, format, size, created_at, data) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (image_sha256) DO NOTHING", images)
@@ -249,7 +254,7 @@ class PredictionRecorder:
             rows.append((record.prediction_id, record.created_at, origin.request_id,
                          record.route.name, model.version, record.route.label, origin.route,
                          ranked[0]["label"], json.dumps(ranked), round(record.latency_ms, 3),
-                         record.sha256, client))
+                         record.sha256, client, int(record.unknown)))
             if record.image is not None and record.sha256 not in seen:
                 seen.add(record.sha256)
                 image_format, data = _image_file(record.image)

@@ -5,7 +5,7 @@ SCHEMA_VERSION by running, in order and in one transaction each, the migrations 
 version; a database newer than this code is refused, never written to.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from the version before it; {blob} is BLOB (SQLite) or BYTEA (PostgreSQL).
 MIGRATIONS = {
@@ -45,4 +45,7 @@ MIGRATIONS = {
             classes TEXT NOT NULL,
             PRIMARY KEY (model, version))""",
     ],
+    # Whether the answer was "unknown" (below its min_confidence): live accuracy counts such
+    # an answer as not matching the true class, whatever its top guess (top1) was.
+    2: ["ALTER TABLE predictions ADD COLUMN answered_unknown INTEGER NOT NULL DEFAULT 0"],
 }

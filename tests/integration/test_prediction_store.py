@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from service.models.routing import Route
 from service.store import schema
 from service.store.__main__ import main as store_command
+from service.store.accuracy import LiveAccuracy, live_accuracy
 from service.store.database import Database, StoreSchemaError, StoreUnavailableError
 from service.store.feedback import Feedback, FeedbackError, give_feedback, key_id
 from service.store.maintenance import enforce_bounds, erase
@@ -271,6 +272,21 @@ def test_feedback_answers_each_case(database):
     # All or nothing: the good item of the refused list was not written.
     assert rows(database, "SELECT prediction_id, true_class, key_id FROM feedback") == [
         (ids[0], "red", key_id("k" * 20))]
+
+
+def test_an_unknown_answer_never_matches_the_true_class(database):
+    recorder, model = recorder_for(database), ColourModel("abstains", 3)
+    encoded, pixels = pictures(2)  # both red: the top guess is right for each
+    origin = Origin("/predict", "req-u", time.perf_counter(), encoded, None, 2)
+    ids = recorder.record(Route(model.name, model, "stable"), pixels, model.infer(pixels),
+                          origin, unknown=[True, False])
+    assert recorder.flush()
+    given = give_feedback(database, [Feedback(found, "red") for found in ids], 30)
+    assert [item["correct"] for item in given] == [False, True]
+    assert live_accuracy(database, "abstains")[("abstains", 3, "stable")] == LiveAccuracy(2, 1)
+    # The guess is kept beside the verdict.
+    assert sorted(rows(database, "SELECT top1, answered_unknown FROM predictions")) == [
+        ("red", 0), ("red", 1)]
 
 
 def test_feedback_for_an_expired_prediction_is_not_found(database):
