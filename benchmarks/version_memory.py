@@ -4,7 +4,7 @@
 
 Loads the folders in turn, round-robin, until --loads versions are held (the same version
 again counts as another: a canary of a retrain is much the same model), with the worker's
-default interpreters (batch 32 in invokes of up to 8, a lone-image interpreter on every
+default interpreters (batch 32 in invokes of up to 4, a lone-image interpreter on every
 core). For each load it reads what the service counts (RssAnon + RssShmem, memory the
 kernel cannot drop) and VmRSS (which also counts the model file's mapped pages once per
 interpreter, though they are one shared copy in the page cache), before and after.

@@ -23,8 +23,9 @@ CLIENT_METRICS = ("test_accuracy", "test_accuracy_single_view", "test_accuracy_f
                   "test_images", "per_class_accuracy")
 # The largest batch an interpreter runs in one invoke: a batcher's call of up to
 # BATCH_MAX_SIZE images runs as invokes of at most this many. XNNPACK is as fast per image
-# at 8 as at 32 on these CNNs, and the arena of 8 holds a quarter of 32's (docs/performance.md).
-INTERPRETER_MAX_BATCH = 8
+# at 4 as at 8 or 32 on these CNNs (0.997 of 8's images/s, eight alternating rounds), and
+# the arena of 4 holds an eighth of 32's (docs/performance.md).
+INTERPRETER_MAX_BATCH = 4
 # A lone one-image request may run on every core: the common case, for a second interpreter
 # of about 2.4 MiB (its own packed weights and an arena for one image), not one for 8.
 ALL_CORES_MAX_BATCH = 1

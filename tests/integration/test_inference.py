@@ -9,7 +9,7 @@ from tests.support import publish_copy
 
 @pytest.fixture(scope="module")
 def serving_model(trained_models):
-    """The tiny trained model's model.tflite, allocated for batches of up to 8 images."""
+    """The tiny trained model's model.tflite, allocated for invokes of up to 4 images."""
     return ServingModel(trained_models / "shapes" / "1", warm_batch_size=8)
 
 
@@ -42,10 +42,10 @@ def test_one_interpreter_per_runner_resized_to_each_batch(trained_models):
         assert np.allclose(runner(images[:count]), alone[:count], atol=1e-6)
 
 
-def test_the_version_runs_invokes_of_at_most_eight_images(trained_models):
+def test_the_version_runs_invokes_of_at_most_four_images(trained_models):
     model = ServingModel(trained_models / "shapes" / "1", warm_batch_size=32)
-    assert model._run.max_batch_size == 8
-    assert model._run_all_cores.max_batch_size in (1, 8)  # 8: one core, one runner
+    assert model._run.max_batch_size == 4
+    assert model._run_all_cores.max_batch_size in (1, 4)  # 4: one core, one runner
 
 
 def test_a_file_that_is_not_a_tflite_model_is_refused(models_dir):
