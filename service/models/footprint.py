@@ -50,7 +50,7 @@ MASTER_RESERVE_BYTES = 48 * MIB
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 NO_LIMIT = 1 << 60
 TRIAL_TIMEOUT_SECONDS = 120
-# What a process's first load pages in besides the model (XNNPACK's code, LiteRT's).
+# What a process's first load allocates besides the model (LiteRT's and XNNPACK's own state).
 FIRST_LOAD_BYTES = 8 * MIB
 # Bytes per element of LiteRT's tensor types (schema.fbs TensorType); others count as 8.
 TENSOR_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8}
@@ -123,9 +123,10 @@ def upper_bound_bytes(path: str, warm_batch_size: int, threads: int,
     model.tflite without loading it; 0 when the file cannot be read as a model.
 
     Each interpreter holds the weights packed again and a workspace for the activations
-    of the images it runs; the bound takes twice every activation tensor, as if none
-    shared memory, and three copies of the file per interpreter, plus the code a first
-    load pages in. Tests check it against trial loads of the shipped models.
+    of the images it runs (the file itself is mapped, page cache); the bound takes twice
+    every activation tensor, as if none shared memory, and two copies of the file per
+    interpreter, plus what a first load allocates. Tests check it against trial loads of
+    the shipped models.
     """
     try:
         with open(os.path.join(path, TFLITE_FILE), "rb") as file:
@@ -137,7 +138,7 @@ def upper_bound_bytes(path: str, warm_batch_size: int, threads: int,
     runners = 1
     if all_core_threads != threads:
         runners, images = 2, images + ALL_CORES_MAX_BATCH
-    return FIRST_LOAD_BYTES + 3 * len(content) * runners + 2 * per_image * images
+    return FIRST_LOAD_BYTES + 2 * len(content) * runners + 2 * per_image * images
 
 
 def _activation_bytes(content: bytes) -> int:
