@@ -30,6 +30,13 @@ TEST_ONLY_VERSIONS = {
     "ml-dtypes": "tritonclient 2.73.0 (the /v2 tests' client) requires ml-dtypes 0.5.4 or "
                  "older; the images take 0.7.0, a tenth of its size",
 }
+# Packages that another locked package requires with an extra, written into the locks with
+# it. pip's --require-hashes takes `name[extra]>=x` as a requirement of its own: while the
+# lock names the package without the extra, pip looks for the newest release that matches,
+# and refuses the install once that is not the locked one (cachecontrol 0.15.0, 2026-12).
+EXTRAS_PINNED = {
+    "cachecontrol": "filecache",  # pip-audit requires CacheControl[filecache]
+}
 # The Python the images and ./run-tests use; markers cover every platform (uv --universal).
 PYTHON_VERSION = "3.11"
 DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.MULTILINE)
@@ -137,6 +144,13 @@ def differences(lock: Path, other: Path):
             for name in sorted(mine.keys() & theirs.keys()) if mine[name] != theirs[name]]
 
 
+def with_extras(text: str) -> str:
+    """A lock file's text with each package of EXTRAS_PINNED pinned with its extra."""
+    for name, extra in EXTRAS_PINNED.items():
+        text = re.sub(rf"^{re.escape(name)}==", f"{name}[{extra}]==", text, flags=re.MULTILINE)
+    return text
+
+
 def constraints(within: str, leave_out, folder: Path) -> Path:
     """A constraints file of the versions in lock `within`, less the packages `leave_out`."""
     lines = [requirement for requirement, _ in locked_requirements(ROOT / within)
@@ -160,6 +174,7 @@ def lock(uv: str, extra_args=()) -> None:
             path = ROOT / lock_name
             text = DIGEST_LINE.sub("", path.read_text(encoding="utf-8")).lstrip("\n")
             text = re.sub(r"^# Made from .*\n", "", text, flags=re.MULTILINE)
+            text = with_extras(text)
             header = (f"# inputs-sha256: {input_digest(inputs)}\n"
                       f"# Made from {', '.join(inputs)} by {LOCK_COMMAND}; do not edit by hand.\n")
             path.write_text(header + text, encoding="utf-8")

@@ -80,3 +80,16 @@ def test_a_package_has_one_version_in_every_lock_but_the_documented_exceptions(t
     # The one exception today, and why: it is the test tools' need, not the images'.
     assert set(lockfiles.TEST_ONLY_VERSIONS) == {"ml-dtypes"}
     assert not any("ml-dtypes" in problem for problem in problems)
+
+
+def test_a_package_required_with_an_extra_is_locked_with_it():
+    # pip --require-hashes refuses `cachecontrol[filecache]>=0.13` (pip-audit's) against a
+    # lock that names plain `cachecontrol==0.14.4` once a newer release is out.
+    for lock_name in lockfiles.LOCKS:
+        for requirement, _ in lockfiles.locked_requirements(ROOT / lock_name):
+            name = requirement.split("==")[0].split("[")[0].lower()
+            if name in lockfiles.EXTRAS_PINNED:
+                assert requirement.startswith(f"{name}[{lockfiles.EXTRAS_PINNED[name]}]=="), (
+                    lock_name, requirement)
+    assert lockfiles.with_extras("cachecontrol==0.14.4 \\\n") == (
+        "cachecontrol[filecache]==0.14.4 \\\n")
