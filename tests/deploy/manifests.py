@@ -1,13 +1,10 @@
 """The Kubernetes manifests as rendered by `kubectl kustomize`, and the pods they describe."""
 
-import atexit
 import functools
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
@@ -41,32 +38,10 @@ def applied_directly():
                   and (folder.parent.name == "overlays" or folder.resolve() not in referenced))
 
 
-# A file a generator reads that holds a credential is gitignored, beside its committed
-# `<file>.example` (overlays/prediction-store/prediction-store.env); the manifests are built
-# with the example, as in a fresh clone, and a real file in the work tree is never read.
-EXAMPLE = ".example"
-
-
-@functools.cache
-def tree_with_examples():
-    """A copy of deploy/kubernetes in which each file that has an example is that example."""
-    target = Path(tempfile.mkdtemp(prefix="kustomize-")) / "kubernetes"
-    atexit.register(shutil.rmtree, target.parent, ignore_errors=True)
-
-    def real_files(folder, names):
-        return {name for name in names if name + EXAMPLE in names}
-
-    shutil.copytree(KUSTOMIZE_ROOT, target, ignore=real_files)
-    for example in target.rglob("*" + EXAMPLE):
-        shutil.copyfile(example, example.with_name(example.name.removesuffix(EXAMPLE)))
-    return target
-
-
 @functools.cache
 def render(name):
-    """The objects `kubectl kustomize deploy/kubernetes/<name>` prints (built with the
-    examples of gitignored files)."""
-    result = subprocess.run([KUBECTL, "kustomize", str(tree_with_examples() / name)],
+    """The objects `kubectl kustomize deploy/kubernetes/<name>` prints."""
+    result = subprocess.run([KUBECTL, "kustomize", str(KUSTOMIZE_ROOT / name)],
                             capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {name} failed:\n{result.stderr}")

@@ -8,7 +8,6 @@ import ast
 import base64
 import dataclasses
 import re
-import subprocess
 import tomllib
 from urllib.parse import urlsplit
 
@@ -458,14 +457,14 @@ def test_the_prediction_store_overlay_makes_the_secret_the_api_and_the_release_j
         "postgresql://")
 
 
-def test_the_committed_store_url_is_a_placeholder_and_the_real_one_stays_out_of_git():
-    folder = KUSTOMIZE_ROOT / "overlays" / "prediction-store"
-    lines = [line for line in (folder / "prediction-store.env.example").read_text().splitlines()
+def test_the_committed_store_url_is_a_placeholder():
+    # In a clone this is what git holds; a work tree with a real URL written fails here, a
+    # reminder not to commit it.
+    env_file = KUSTOMIZE_ROOT / "overlays" / "prediction-store" / "prediction-store.env"
+    lines = [line for line in env_file.read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert [line.split("=", 1)[0] for line in lines] == ["url"]
     url = urlsplit(lines[0].split("=", 1)[1])
-    # A .invalid host resolves nowhere; the password says what to do.
+    # A .invalid host resolves nowhere; the password says what to do. What git holds is
+    # never a real credential (a deployment writes its own URL into the file, uncommitted).
     assert url.hostname.endswith(".invalid") and url.password == "CHANGE-ME"
-    real = folder / "prediction-store.env"
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(real)], cwd=support.ROOT)
-    assert ignored.returncode == 0, f"{real} must be gitignored: it holds a credential"
