@@ -14,16 +14,10 @@ import argparse
 import json
 import os
 
+from benchmarks.processes import resident_bytes as vm_rss_bytes
 from service.models.artifact import TFLITE_FILE
 from service.models.footprint import MIB, resident_bytes
 from service.models.inference import ServingModel
-
-
-def vm_rss_bytes() -> int:
-    """This process's VmRSS."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
 
 
 def main(argv=None):
@@ -40,14 +34,14 @@ def main(argv=None):
     held, rows = [], []
     for load in range(args.loads):
         folder = args.folders[load % len(args.folders)]
-        counted, rss = resident_bytes(), vm_rss_bytes()
+        counted, rss = resident_bytes(), vm_rss_bytes(os.getpid())
         held.append(ServingModel(folder, warm_batch_size=args.batch, threads=args.threads,
                                  all_core_threads=args.all_core_threads))
         file_bytes = os.path.getsize(os.path.join(folder, TFLITE_FILE))
         added = resident_bytes() - counted
         rows.append({"load": load + 1, "folder": folder,
                      "counted_mib": round(added / MIB, 2),
-                     "vm_rss_mib": round((vm_rss_bytes() - rss) / MIB, 2),
+                     "vm_rss_mib": round((vm_rss_bytes(os.getpid()) - rss) / MIB, 2),
                      "times_the_file": round(added / file_bytes, 2)})
     print(json.dumps(rows, indent=1))
 

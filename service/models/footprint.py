@@ -84,12 +84,13 @@ def worker_share_bytes(limit: int | None, workers: int) -> int | None:
     return max(0, limit - MASTER_RESERVE_BYTES) // max(1, workers)
 
 
-def resident_bytes() -> int:
-    """This process's memory now that the kernel cannot drop: its anonymous and shared
-    pages (RssAnon + RssShmem). A model file's mapped pages are left out: they are the page
-    cache's, one copy for every worker, and clean, so memory pressure reclaims them first."""
+def resident_bytes(pid: int | str = "self") -> int:
+    """A process's memory now that the kernel cannot drop (this one's by default): its
+    anonymous and shared pages (RssAnon + RssShmem). A model file's mapped pages are left
+    out: they are the page cache's, one copy for every worker, and clean, so memory pressure
+    reclaims them first."""
     total = 0
-    with open("/proc/self/status", encoding="ascii") as status:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             if line.startswith(("RssAnon:", "RssShmem:")):
                 total += int(line.split()[1]) * 1024

@@ -114,16 +114,9 @@ def test_sigterm_lets_a_request_in_flight_finish_and_starts_no_new_ones(start_se
     assert server.process.wait(30) == 0
 
 
-def resident_mib(pid):
-    """A process's memory in MiB as the service counts it (RssAnon + RssShmem)."""
-    with open(f"/proc/{pid}/status") as status:
-        return sum(int(line.split()[1]) for line in status
-                   if line.startswith(("RssAnon:", "RssShmem:"))) / 1024
-
-
 def test_a_version_too_large_for_the_memory_limit_is_refused_and_no_worker_dies(
         start_service, models_dir):
-    from service.models.footprint import MASTER_RESERVE_BYTES, MIB
+    from service.models.footprint import MASTER_RESERVE_BYTES, MIB, resident_bytes
 
     # What a worker holds with version 1; then a limit that leaves its share 2 MiB more:
     # enough for version 1 again (0.8 MiB), not for the shipped cifar10 model (3.1 MiB here,
@@ -132,7 +125,7 @@ def test_a_version_too_large_for_the_memory_limit_is_refused_and_no_worker_dies(
     probe = start_service(models_dir, memory_limit_mb=1 << 20)
     [pid] = support.forked_workers(probe, 1)
     assert post_image(probe).status_code == 200  # a worker that has served holds a bit more
-    held = resident_mib(pid)
+    held = resident_bytes(pid) / MIB  # as the service counts it
     probe.stop()
     limit = round(held + 2 + MASTER_RESERVE_BYTES / MIB)  # MEMORY_LIMIT_MB: whole MiB
     server = start_service(models_dir, memory_limit_mb=limit)
