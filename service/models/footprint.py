@@ -176,7 +176,10 @@ class FittingLoader:
         """The loaded version (ModelLoadError when it is unusable or would not fit)."""
         held = resident_bytes()
         if self.share is not None and not 0 < self._bound(path) <= self.share - held:
-            least = 2 * _file_bytes(path)  # a packed copy of the weights, and a workspace
+            # At least one packed copy of the weights: with the file mapped, not read, a
+            # version on one core holds 1.6 times its file (docs/performance.md), so twice
+            # the file is no longer a floor.
+            least = _file_bytes(path)
             if held + least > self.share:  # no trial: it cannot fit
                 self._refuse(least, held)
             needed, held = self._trial(path), resident_bytes()  # the trial took a while

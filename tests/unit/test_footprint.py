@@ -93,9 +93,8 @@ def test_a_bound_that_does_not_fit_asks_the_trial(monkeypatch):
     assert isinstance(load("models/colours/7"), ColourModel) and trials == ["models/colours/7"]
 
 
-def test_a_file_twice_larger_than_what_is_left_is_refused_without_a_trial(monkeypatch,
-                                                                         tmp_path):
-    (tmp_path / "model.tflite").write_bytes(bytes(30 * MIB))
+def test_a_file_larger_than_what_is_left_is_refused_without_a_trial(monkeypatch, tmp_path):
+    (tmp_path / "model.tflite").write_bytes(bytes(60 * MIB))
 
     def no_trial(path):
         raise AssertionError("it cannot fit: no trial")
