@@ -45,7 +45,14 @@ def test_several_models_are_served_each_with_its_own_input_and_classes(start_ser
                                                                        models_dir):
     shutil.copytree(DIGITS, models_dir / "digits")
     server = start_service(models_dir)
-    body = requests.get(server.url("/models"), timeout=10).json()
+
+    def both_loaded():  # ready means the default model; digits may still be loading
+        body = requests.get(server.url("/models"), timeout=10).json()
+        found = {model["name"]: model for model in body["models"]}
+        return body if all(found.get(name, {}).get("input") for name in ("digits", "shapes")) \
+            else None
+
+    body = support.poll(both_loaded, 60, "digits and shapes were not both loaded")
     assert body["default"] == "shapes"
     described = {model["name"]: model for model in body["models"]}
     assert described["digits"]["input"] == {"height": 8, "width": 8, "channels": 1}
