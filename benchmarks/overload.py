@@ -15,9 +15,15 @@ Each round, for each target:
    asks (with no Retry-After, it sends again at once);
 4. as soon as the 1,000 stop, one client for 1 s: its p50 then.
 
+The overload's figures are given twice: over all of it, and over its steady part, the
+requests sent after --warm-up (2 s). The 1,000 clients connect at once, and the first
+refusals send the next waves of retries together; that start is in the first set only.
+
 The load generator is asyncio, one kept-alive connection per client (a client whose
 request timed out closes it and opens another); the 1,000 clients are spread over
---processes event loops, so that one loop's lag does not pass for the service's. It shares
+--processes event loops, so that one loop's lag does not pass for the service's. Python's
+garbage collector is off in them during a load: one collection stalled all of a loop's
+clients for about 100 ms. Each loop's own lag is measured and printed. The generator shares
 the machine with the services: its own CPU time is in the figures. The service's own view
 (its /predict latency histogram, which starts once a thread has the request) is printed
 beside the clients'.
@@ -25,6 +31,7 @@ beside the clients'.
 
 import argparse
 import asyncio
+import gc
 import io
 import json
 import multiprocessing
@@ -43,6 +50,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_SECONDS = 3
 AFTER_SECONDS = 1.0
+LAG_PROBE_SECONDS = 0.01
 
 
 def parse_args(argv):
@@ -56,6 +64,10 @@ def parse_args(argv):
     parser.add_argument("--processes", type=int, default=4,
                         help="client processes for the overload, one event loop each (4)")
     parser.add_argument("--budget", type=float, default=1.0, help="a client's budget, s (1)")
+    parser.add_argument("--warm-up", type=float, default=2.0,
+                        help="seconds of the overload left out of its steady figures: the "
+                             "1,000 connections opened at once, and the first waves of "
+                             "retries that they set off (2)")
     parser.add_argument("--target", action="append", default=[],
                         help="NAME=URL of a running service; repeat for several")
     parser.add_argument("--models", default=os.path.join(ROOT, "models"))
@@ -117,14 +129,15 @@ class Client:
 
 def run_load(url, body, clients, seconds, budget, processes=1):
     """`clients` clients posting for `seconds`, spread over `processes` processes (one
-    event loop each); every answer as (status, seconds, end)."""
+    event loop each): every answer as (status, seconds, end), and the event loops' lags."""
     if processes <= 1 or clients < processes:
         return asyncio.run(load_in_loop(url, body, clients, seconds, budget))
     shares = [clients // processes + (index < clients % processes) for index in range(processes)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         parts = pool.starmap(load_in_loop_sync, [(url, body, share, seconds, budget)
                                                  for share in shares])
-    return [answer for part in parts for answer in part]
+    return ([answer for answers, _ in parts for answer in answers],
+            [lag for _, lags in parts for lag in lags])
 
 
 def load_in_loop_sync(url, body, clients, seconds, budget):
@@ -133,9 +146,21 @@ def load_in_loop_sync(url, body, clients, seconds, budget):
 
 
 async def load_in_loop(url, body, clients, seconds, budget):
-    """`clients` clients on this event loop posting for `seconds`."""
-    answers = []
+    """`clients` clients on this event loop posting for `seconds`: their answers, and how
+    late the loop woke from each of its own short sleeps meanwhile (its lag, which the
+    clients' figures include)."""
+    answers, lags = [], []
+    # A collection of the growing lists of answers stalls every client on this loop at
+    # once (lags of about 100 ms, each seen as a slow answer); none runs during the load.
+    gc.collect()
+    gc.disable()
     stop_at = time.perf_counter() + seconds
+
+    async def watch_lag():
+        while time.perf_counter() < stop_at:
+            asleep = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            lags.append(time.perf_counter() - asleep - LAG_PROBE_SECONDS)
 
     async def one_client():
         client = Client(url, body, budget)
@@ -146,8 +171,11 @@ async def load_in_loop(url, body, clients, seconds, budget):
                 await asyncio.sleep(min(retry_after, max(0.0, stop_at - time.perf_counter())))
         client.close()
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
-    return answers
+    try:
+        await asyncio.gather(watch_lag(), *(one_client() for _ in range(clients)))
+    finally:
+        gc.enable()
+    return answers, lags
 
 
 def percentile(values, share):
@@ -185,32 +213,47 @@ def server_p99_ms(before, after, status):
 
 
 def measure(url, body, args):
-    """One round on one target: the figures the issue's targets are judged on."""
-    single = run_load(url, body, 1, SINGLE_SECONDS, 10.0)
-    normal = run_load(url, body, args.capacity_clients, args.seconds, 10.0)
+    """One round on one target: the figures the issue's targets are judged on, over the
+    whole overload and over its steady part (requests sent after --warm-up seconds)."""
+    single, _ = run_load(url, body, 1, SINGLE_SECONDS, 10.0)
+    normal, _ = run_load(url, body, args.capacity_clients, args.seconds, 10.0)
     before = server_buckets(url)
-    over = run_load(url, body, args.clients, args.seconds, args.budget, args.processes)
+    began = time.perf_counter()
+    over, lags = run_load(url, body, args.clients, args.seconds, args.budget, args.processes)
     over_buckets = server_buckets(url)
-    after = run_load(url, body, 1, AFTER_SECONDS, 10.0)
-    accepted = [spent for status, spent, _ in over if status == 200]
-    refused = [spent for status, spent, _ in over if status in (429, 503)]
+    after, _ = run_load(url, body, 1, AFTER_SECONDS, 10.0)
     capacity = sum(status == 200 for status, _, _ in normal) / args.seconds
-    in_budget = sum(spent <= args.budget for spent in accepted) / args.seconds
+    steady = [answer for answer in over if answer[2] - answer[1] - began >= args.warm_up]
     return {
         "single_p50_ms": percentile([spent for _, spent, _ in single], 0.5),
         "capacity_per_second": capacity,
         "capacity_p99_ms": percentile([spent for status, spent, _ in normal if status == 200],
                                       0.99),
-        "overload_200_in_budget_per_second": in_budget,
-        "overload_share_of_capacity": in_budget / capacity if capacity else None,
-        "overload_timeouts": sum(status == 0 for status, _, _ in over),
+        **overload_figures("overload", over, args.seconds, args.budget, capacity),
+        **overload_figures("steady", steady, args.seconds - args.warm_up, args.budget,
+                           capacity),
         "overload_statuses": {str(code): sum(status == code for status, _, _ in over)
                               for code in sorted({status for status, _, _ in over})},
-        "overload_accepted_p99_ms": percentile(accepted, 0.99),
-        "overload_refused_p99_ms": percentile(refused, 0.99),
+        "overload_client_loop_lag_p99_ms": percentile(lags, 0.99),
         "after_p50_ms": percentile([spent for _, spent, _ in after], 0.5),
         "server_accepted_p99_ms_at_most": server_p99_ms(before, over_buckets, "200"),
         "server_refused_p99_ms_at_most": server_p99_ms(before, over_buckets, "503"),
+    }
+
+
+def overload_figures(prefix, answers, seconds, budget, capacity):
+    """The targets' figures for `answers` given over `seconds`, named `prefix`_..."""
+    accepted = [spent for status, spent, _ in answers if status == 200]
+    refused = [spent for status, spent, _ in answers if status in (429, 503)]
+    in_budget = sum(spent <= budget for spent in accepted) / seconds
+    return {
+        f"{prefix}_200_in_budget_per_second": in_budget,
+        f"{prefix}_share_of_capacity": in_budget / capacity if capacity else None,
+        f"{prefix}_timeouts": sum(status == 0 for status, _, _ in answers),
+        f"{prefix}_refusals_per_second": len(refused) / seconds,
+        f"{prefix}_accepted_p99_ms": percentile(accepted, 0.99),
+        f"{prefix}_refused_p50_ms": percentile(refused, 0.5),
+        f"{prefix}_refused_p99_ms": percentile(refused, 0.99),
     }
 
 

@@ -33,11 +33,14 @@ goes to a worker with fewer; not while other workers have lately left a connecti
 Under overload the worker says no early (service/runtime/admission.py). gunicorn queues every
 readable connection for its thread pool without bound, and a request waiting there is
 one the app never sees. Here, once MAX_WAITING_REQUESTS requests wait for a thread, the
-next readable connection goes to a small refusal lane instead: REFUSAL_THREADS threads on
-which the app answers 503 `overloaded` to a prediction before reading its body, and
-health, metrics and every other route as usual (so liveness answers under overload).
+worker refuses a simple prediction on its own thread, from the request's bytes
+(service/process/early_refusal.py), and sends every other readable connection to a small
+refusal lane: REFUSAL_THREADS threads on which the app answers 503 `overloaded` to a
+prediction before reading its body, and health, metrics and every other route as usual
+(so liveness answers under overload).
 """
 
+import collections
 import functools
 import select
 import selectors
@@ -48,6 +51,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.arbiter import Arbiter
+from gunicorn.http import get_parser
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.config import Settings
@@ -85,13 +89,16 @@ class LingeringThreadWorker(ThreadWorker):
         self._taken_up = 0  # of those, the ones a thread has begun (pool threads)
         self._taken_lock = threading.Lock()
         self._refusals = None
+        self._refuse_from_bytes = None  # service/process/early_refusal.py's, when it may
         self._note_arrival = lambda arrived: None  # service/runtime/admission.py's, once imported
 
     def init_process(self) -> None:
         """Read the waiting limit and start the refusal lane, then run as gunicorn does."""
         # Imported here, in the worker: the master imports this module before it sets
         # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must first be imported after that.
+        from service.process.early_refusal import refuse_from_bytes
         from service.runtime.admission import (
+            OverloadAnswer,
             count_caller_gone,
             note_arrival,
             refuse_on_this_thread,
@@ -105,17 +112,39 @@ class LingeringThreadWorker(ThreadWorker):
             self._waiting_limit = settings.max_waiting_requests
             self._refusals = ThreadPoolExecutor(REFUSAL_THREADS, "refusal",
                                                 initializer=refuse_on_this_thread)
+            # Not for TLS, whose bytes cannot be read unwrapped, nor where gunicorn looks
+            # for HTTP/2's preface in a new connection's first bytes.
+            if not self.cfg.is_ssl and self.cfg.http2_cleartext not in ("prior-knowledge",
+                                                                        "both"):
+                self._refuse_from_bytes = functools.partial(
+                    refuse_from_bytes, answer=OverloadAnswer(settings.retry_after_seconds))
         super().init_process()
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        """A kept-alive connection's next request: refused in place while overloaded (the
+        connection stays in the poller), else handed on as gunicorn does."""
+        if self._waiting_full() and self._refused_here(conn, self.keepalived_conns):
+            return
+        super().on_client_socket_readable(conn, client)
+
+    def on_pending_socket_readable(self, conn, client) -> None:
+        """A new connection's first request: the same."""
+        if self._waiting_full() and self._refused_here(conn, self.pending_conns):
+            return
+        super().on_pending_socket_readable(conn, client)
 
     def enqueue_req(self, conn) -> None:
         """Hand the connection's request to a thread. Once MAX_WAITING_REQUESTS wait for
-        one, a connection whose request is here goes to the refusal lane, and one whose
-        request is not here yet waits for it in the poller, not in the pool's queue."""
+        one, a simple request is refused here, any other whose request is here goes to the
+        refusal lane, and one whose request is not here yet waits for it in the poller, not
+        in the pool's queue."""
+        full = self._waiting_full()
+        if full and self._refused_here(conn):
+            return
         if self._waiting_limit and self._caller_gone(conn.sock):
             self._drop(conn)
             return
-        full = self._waiting_full()
-        if full and not _readable([conn.sock], 0):
+        if full and not (_read_ahead(conn) or _readable([conn.sock], 0)):
             self._wait_for_request(conn)
             return
         conn.arrived = time.monotonic()  # its request is here, or arrives next
@@ -126,6 +155,56 @@ class LingeringThreadWorker(ThreadWorker):
             future = self.tpool.submit(self._take_up, conn)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
+
+    def _refused_here(self, conn, polled: collections.deque | None = None) -> bool:
+        """Refuse a simple request on this thread, from its bytes
+        (service/process/early_refusal.py), and keep the connection in the poller for the
+        next; or, with nothing to read yet, leave it there to wait for its request. True
+        when taken care of; False when the refusal lane must parse the request (its bytes
+        are in gunicorn's parser then), or answer it with `Connection: close` as the worker
+        stops. `polled`: the queue of connections in the poller that holds it already
+        (kept-alive or pending), if any: a connection stays in the poller without a call."""
+        if (self._refuse_from_bytes is None or not self.alive or conn.is_http2
+                or _read_ahead(conn)):
+            return False
+        try:
+            answered, data = self._refuse_from_bytes(conn.sock)
+        except BlockingIOError:  # its request is not here yet
+            if polled is not None:
+                return False
+            self._wait_for_request(conn)
+            return True
+        except OSError:  # the client went, or does not read its answers
+            self._forget(conn, polled)
+            self.nr_conns -= 1
+            conn.close()
+            return True
+        if answered < len(data):  # the rest is the parser's, as if it had read it
+            if conn.parser is None:
+                conn.parser = get_parser(self.cfg, conn.sock, conn.client)
+            conn.parser.unreader.unread(data[answered:])
+            conn.data_ready = True  # a thread must not wait for the socket to say so
+        if not answered:
+            return False
+        if _read_ahead(conn):  # a next request came with it: to a thread, as gunicorn does
+            self._forget(conn, polled)
+            self.enqueue_req(conn)
+            return True
+        next_request = functools.partial(self.on_client_socket_readable, conn)
+        if polled is None:
+            self.poller.register(conn.sock, selectors.EVENT_READ, next_request)
+        else:  # a new callback, no system call (selectors keeps it)
+            polled.remove(conn)
+            self.poller.modify(conn.sock, selectors.EVENT_READ, next_request)
+        conn.set_timeout()
+        self.keepalived_conns.append(conn)  # in the order of their timeouts
+        return True
+
+    def _forget(self, conn, polled: collections.deque | None) -> None:
+        """Take a connection out of the poller and its queue, if it is there."""
+        if polled is not None:
+            self.poller.unregister(conn.sock)
+            polled.remove(conn)
 
     def _drop(self, conn) -> None:
         """Close a connection whose client has gone, unread: a request it left behind would
@@ -142,8 +221,9 @@ class LingeringThreadWorker(ThreadWorker):
 
     def _wait_for_request(self, conn) -> None:
         """Leave a connection in the poller until its request arrives, as gunicorn does
-        with one that sent nothing in time (enqueue_req again once it is readable)."""
-        conn.sock.setblocking(False)
+        with one that sent nothing in time (enqueue_req again once it is readable). Its
+        socket is non-blocking already: gunicorn makes it so when it accepts it and when it
+        puts a connection back in the poller."""
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ,
@@ -259,7 +339,13 @@ def _connection_waiting(listeners) -> bool:
 
 def _next_request_soon(conn) -> bool:
     """Whether the next request is already read ahead, or arrives within LINGER_SECONDS."""
-    return bool(conn.parser.unreader.buf.getvalue()) or _readable([conn.sock], LINGER_SECONDS)
+    return _read_ahead(conn) or _readable([conn.sock], LINGER_SECONDS)
+
+
+def _read_ahead(conn) -> bool:
+    """Whether gunicorn's parser already holds bytes of the connection's next request (which
+    no longer make its socket readable)."""
+    return conn.parser is not None and bool(conn.parser.unreader.buf.getvalue())
 
 
 def _readable(sockets, timeout: float) -> bool:

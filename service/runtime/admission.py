@@ -41,6 +41,7 @@ _DEADLINE_MS = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?$")
 _ARRIVAL_STAMP = re.compile(r"^(t=)?([0-9]{9,11}(\.[0-9]{1,6})?)$")
 
 OVERLOADED, DEADLINE_EXCEEDED = "overloaded", "deadline_exceeded"
+OVERLOADED_STATUS = "503 SERVICE UNAVAILABLE"
 CALLER_GONE, INVALID_DEADLINE = "caller_gone", "invalid_deadline"
 
 
@@ -215,37 +216,53 @@ class _Admitted:
         self._admission._leave(self._key)
 
 
+class OverloadAnswer:
+    """The 503 `overloaded` that a refusal lane gives a classifying request, in the API's
+    error shape (the V2 one on /v2 routes), with Retry-After and the security headers."""
+
+    def __init__(self, retry_after: int):
+        from service.http.security_headers import HEADERS, OTHER_POLICY
+
+        message = f"The service is at capacity; try again after {retry_after} s."
+        self._bodies = {
+            False: json.dumps({"error": {"code": OVERLOADED, "message": message}}).encode(),
+            True: json.dumps({"error": message}).encode()}
+        self._headers = [("Content-Type", "application/json"),
+                         ("Retry-After", str(retry_after)), *HEADERS.items(),
+                         ("Content-Security-Policy", OTHER_POLICY)]
+
+    def __call__(self, path: str, given_request_id: str) -> tuple[list, bytes]:
+        """The headers and body for a request to `path` with X-Request-ID
+        `given_request_id` ("" without one), counted in the refusals."""
+        from service.observability.request_log import REQUEST_ID_HEADER, request_id
+
+        metrics.REFUSALS.labels(reason=OVERLOADED).inc()
+        body = self._bodies[path.startswith("/v2/")]
+        return [*self._headers, ("Content-Length", str(len(body))),
+                (REQUEST_ID_HEADER, request_id(given_request_id))], body
+
+
 def lane_refusals(app: Callable, retry_after: int) -> Callable:
     """WSGI middleware for a refusal lane: a classifying request (a POST to a /predict or
-    /v2 infer route) is answered 503 `overloaded` at once, in the API's error shape, without
-    the app (whose routing, hooks and log line would cost a refusal as much as an answer);
-    it is counted in the refusals, not logged. Everything else goes to the app, so health
-    and metrics answer as usual."""
-    from service.http.security_headers import HEADERS, OTHER_POLICY
-    from service.observability.request_log import REQUEST_ID_HEADER, request_id
-
-    message = f"The service is at capacity; try again after {retry_after} s."
-    bodies = {False: json.dumps({"error": {"code": OVERLOADED, "message": message}}).encode(),
-              True: json.dumps({"error": message}).encode()}
-    fixed = [("Content-Type", "application/json"), ("Retry-After", str(retry_after)),
-             *HEADERS.items(), ("Content-Security-Policy", OTHER_POLICY)]
+    /v2 infer route) is answered 503 `overloaded` at once, without the app (whose routing,
+    hooks and log line would cost a refusal as much as an answer); it is counted in the
+    refusals, not logged. Everything else goes to the app, so health and metrics answer as
+    usual."""
+    answer = OverloadAnswer(retry_after)
 
     def middleware(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if not (getattr(_lane, "refusing", False) and environ.get("REQUEST_METHOD") == "POST"
-                and _classifying(path)):
+                and classifying(path)):
             return app(environ, start_response)
-        metrics.REFUSALS.labels(reason=OVERLOADED).inc()
-        body = bodies[path.startswith("/v2/")]
-        start_response("503 SERVICE UNAVAILABLE", [
-            *fixed, ("Content-Length", str(len(body))),
-            (REQUEST_ID_HEADER, request_id(environ.get("HTTP_X_REQUEST_ID", "")))])
+        headers, body = answer(path, environ.get("HTTP_X_REQUEST_ID", ""))
+        start_response(OVERLOADED_STATUS, headers)
         return [body]
 
     return middleware
 
 
-def _classifying(path: str) -> bool:
+def classifying(path: str) -> bool:
     """Whether `path` is one of the routes that classify (service/http/routes.py,
     service/http/v2.py)."""
     return (path == "/predict" or (path.startswith("/models/") and path.endswith("/predict"))

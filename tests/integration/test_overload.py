@@ -36,22 +36,38 @@ def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
         live.append(requests.get(server.url("/health/live"), timeout=10).status_code)
 
     checker = threading.Thread(target=liveness)
-    for connection in clients:  # every request is sent before any answer is read
-        connection.request("POST", "/predict", body=image,
-                           headers={"Content-Type": "image/jpeg"})
+    for number, connection in enumerate(clients):  # all sent before any answer is read
+        # Every third body comes in chunks: the worker cannot refuse it from its bytes, and
+        # its refusal lane parses it.
+        chunked = number % 3 == 0
+        connection.request("POST", "/predict", body=iter([image]) if chunked else image,
+                           headers={"Content-Type": "image/jpeg",
+                                    "X-Request-ID": f"client-{number}"},
+                           encode_chunked=chunked)
     checker.start()
     for connection in clients:
         response = connection.getresponse()
         answers.append((response.status, dict(response.getheaders()),
-                        json.loads(response.read())))
-        connection.close()
+                        json.loads(response.read()), connection))
     checker.join()
-    statuses = [status for status, _, _ in answers]
+    statuses = [status for status, _, _, _ in answers]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
-    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    refused = [answer for answer in answers if answer[0] == 503]
     assert refused, "no request was refused: the bound did not apply"
-    for headers, body in refused:
-        assert body["error"]["code"] == "overloaded" and headers["Retry-After"] == "1"
+    assert {number % 3 == 0 for number, answer in enumerate(answers) if answer[0] == 503} == {
+        True, False}, "refusals of both kinds of body"
+    for number, (_, headers, body, connection) in enumerate(answers):
+        assert headers["X-Request-ID"] == f"client-{number}"
+        if headers.get("Retry-After"):
+            assert body["error"]["code"] == "overloaded" and headers["Retry-After"] == "1"
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            # A simple request was refused by the worker from its bytes, without gunicorn's
+            # answer writer (which names itself in Server); a chunked one by the lane.
+            assert ("Server" in headers) == (number % 3 == 0), headers
+        # The connection stays open for the client's next request.
+        connection.request("GET", "/health/live")
+        assert connection.getresponse().status == 200
+        connection.close()
     assert live == [200]
     metrics = requests.get(server.url("/metrics"), timeout=10).text
     assert 'requests_refused_total{reason="overloaded"}' in metrics

@@ -1,8 +1,9 @@
-"""The overload benchmark's arithmetic: percentiles, and the service's p99 from its histogram."""
+"""The overload benchmark's arithmetic: percentiles, the service's p99 from its histogram,
+and the figures the targets are judged on."""
 
 import pytest
 
-from benchmarks.overload import percentile, server_p99_ms
+from benchmarks.overload import overload_figures, percentile, server_p99_ms
 
 
 def test_percentiles_are_nearest_rank_in_milliseconds():
@@ -20,3 +21,16 @@ def test_the_services_p99_is_the_bucket_that_holds_99_percent_of_the_new_answers
     assert server_p99_ms(before, after, "200") == 100.0
     assert server_p99_ms(before, after, "429") is None
     assert server_p99_ms(after, after, "503") is None  # nothing new
+
+
+def test_the_overload_figures_count_200s_within_the_budget_against_capacity():
+    answers = [(200, 0.2, 1.0), (200, 0.4, 2.0), (200, 1.5, 3.0), (503, 0.005, 3.5),
+               (503, 0.05, 4.0), (0, 1.0, 5.0)]
+    figures = overload_figures("steady", answers, seconds=2.0, budget=1.0, capacity=1.0)
+    assert figures["steady_200_in_budget_per_second"] == 1.0  # the 1.5 s answer is late
+    assert figures["steady_share_of_capacity"] == 1.0
+    assert figures["steady_timeouts"] == 1
+    assert figures["steady_refusals_per_second"] == 1.0
+    assert figures["steady_refused_p50_ms"] == pytest.approx(50.0)
+    assert figures["steady_accepted_p99_ms"] == pytest.approx(1500.0)
+    assert overload_figures("overload", [], 1.0, 1.0, 0.0)["overload_share_of_capacity"] is None
