@@ -24,7 +24,8 @@ request timed out closes it and opens another); the 1,000 clients are spread ove
 --processes event loops, so that one loop's lag does not pass for the service's. Python's
 garbage collector is off in them during a load: one collection stalled all of a loop's
 clients for about 100 ms. Each loop's own lag is measured and printed. The generator shares
-the machine with the services: its own CPU time is in the figures. The service's own view
+the machine with the services: the cores each used during a load are printed (the
+service's only for one this benchmark started). The service's own view
 (its /predict latency histogram, which starts once a thread has the request) is printed
 beside the clients'.
 """
@@ -36,6 +37,7 @@ import io
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,8 @@ import urllib.parse
 import numpy as np
 import requests
 from PIL import Image
+
+from benchmarks.processes import cpu_seconds, process_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_SECONDS = 3
@@ -212,14 +216,18 @@ def server_p99_ms(before, after, status):
     return next(1000 * bound for bound, count in counts if count >= 0.99 * total)
 
 
-def measure(url, body, args):
+def measure(url, body, args, pid=None):
     """One round on one target: the figures the issue's targets are judged on, over the
-    whole overload and over its steady part (requests sent after --warm-up seconds)."""
+    whole overload and over its steady part (requests sent after --warm-up seconds), and
+    the CPU that the service (process `pid`, when this benchmark started it) and the load
+    generator used."""
     single, _ = run_load(url, body, 1, SINGLE_SECONDS, 10.0)
-    normal, _ = run_load(url, body, args.capacity_clients, args.seconds, 10.0)
+    (normal, _), normal_cpu = with_cpu(
+        "capacity", pid, lambda: run_load(url, body, args.capacity_clients, args.seconds, 10.0))
     before = server_buckets(url)
     began = time.perf_counter()
-    over, lags = run_load(url, body, args.clients, args.seconds, args.budget, args.processes)
+    (over, lags), over_cpu = with_cpu("overload", pid, lambda: run_load(
+        url, body, args.clients, args.seconds, args.budget, args.processes))
     over_buckets = server_buckets(url)
     after, _ = run_load(url, body, 1, AFTER_SECONDS, 10.0)
     capacity = sum(status == 200 for status, _, _ in normal) / args.seconds
@@ -235,10 +243,35 @@ def measure(url, body, args):
         "overload_statuses": {str(code): sum(status == code for status, _, _ in over)
                               for code in sorted({status for status, _, _ in over})},
         "overload_client_loop_lag_p99_ms": percentile(lags, 0.99),
+        **normal_cpu,
+        **over_cpu,
         "after_p50_ms": percentile([spent for _, spent, _ in after], 0.5),
         "server_accepted_p99_ms_at_most": server_p99_ms(before, over_buckets, "200"),
         "server_refused_p99_ms_at_most": server_p99_ms(before, over_buckets, "503"),
     }
+
+
+def with_cpu(prefix, pid, load):
+    """load()'s result, and the cores that the service (`pid` and its children; None
+    without one) and this process with its load generators used while it ran."""
+    service = cpu_seconds(process_tree(pid)) if pid else None
+    generator = generator_cpu_seconds()
+    began = time.perf_counter()
+    result = load()
+    seconds = time.perf_counter() - began
+    used = {f"{prefix}_generator_cores": (generator_cpu_seconds() - generator) / seconds,
+            f"{prefix}_service_cores": None}
+    if pid:
+        used[f"{prefix}_service_cores"] = (cpu_seconds(process_tree(pid)) - service) / seconds
+    return result, used
+
+
+def generator_cpu_seconds():
+    """CPU time of this process and of its ended children (the load generator's processes;
+    the services, still running, are not counted until they end)."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 def overload_figures(prefix, answers, seconds, budget, capacity):
@@ -306,12 +339,12 @@ def main(argv=None):
     """Start (or take) the targets, measure them in alternating rounds, print and save."""
     args = parse_args(argv)
     body = jpeg()
-    processes = []
+    processes = {}  # the services this benchmark started, by target
     targets = dict(entry.split("=", 1) for entry in args.target)
     if not targets:
         for name, admission in (("admission on", 1), ("admission off", 0)):
             port = free_port()
-            processes.append(start_service(port, admission, args.models))
+            processes[name] = start_service(port, admission, args.models)
             targets[name] = f"http://127.0.0.1:{port}"
     rounds = []
     try:
@@ -319,13 +352,15 @@ def main(argv=None):
             order = list(targets) if round_number % 2 == 0 else list(targets)[::-1]
             figures = {}
             for name in order:
-                figures[name] = measure(targets[name], body, args)
+                started = processes.get(name)
+                figures[name] = measure(targets[name], body, args,
+                                        started.pid if started else None)
                 print(f"round {round_number + 1}, {name}: {json.dumps(figures[name])}",
                       flush=True)
                 time.sleep(2)
             rounds.append(figures)
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
             process.wait(timeout=60)
     summary = summarize(rounds)
