@@ -3,6 +3,7 @@ refused at once with 503 and Retry-After, while liveness and metrics answer."""
 
 import http.client
 import json
+import socket
 import threading
 import urllib.parse
 
@@ -72,3 +73,49 @@ def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
     metrics = requests.get(server.url("/metrics"), timeout=10).text
     assert 'requests_refused_total{reason="overloaded"}' in metrics
     assert "inference_queue_depth" in metrics
+
+
+def test_predictions_sent_back_to_back_on_one_connection_are_each_answered_in_order(
+        start_service, models_dir):
+    server = start_service(models_dir, threads=2, max_waiting_requests=1,
+                           batch_max_wait_ms=20)
+    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+    others = connections(server, CLIENTS)
+    for connection in others:  # the worker is overloaded while the pairs arrive
+        connection.request("POST", "/predict", body=image,
+                           headers={"Content-Type": "image/jpeg"})
+    address = urllib.parse.urlsplit(server.url("/"))
+    pipelined = []
+    for pair in range(4):
+        sock = socket.create_connection((address.hostname, address.port), timeout=30)
+        # Two requests in one write: the first may be refused from its bytes, and the
+        # second must then reach the parser whole.
+        sock.sendall(b"".join(
+            b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: image/jpeg\r\n"
+            b"X-Request-ID: pair-%d-%d\r\nContent-Length: %d\r\n\r\n%s"
+            % (pair, number, len(image), image) for number in (1, 2)))
+        pipelined.append(sock)
+    for connection in others:
+        assert connection.getresponse().status in (200, 503)
+        connection.close()
+    refused_from_bytes = 0
+    for pair, sock in enumerate(pipelined):
+        stream = sock.makefile("rb")
+        for number in (1, 2):
+            status, headers, body = read_answer(stream)
+            assert status in (200, 503) and headers["x-request-id"] == f"pair-{pair}-{number}"
+            assert ("predictions" if status == 200 else "error") in json.loads(body)
+            # The worker's own refusals do not name the server (gunicorn's answers do).
+            refused_from_bytes += number == 1 and "server" not in headers
+        sock.close()
+    assert refused_from_bytes, "no first request of a pair was refused from its bytes"
+
+
+def read_answer(stream):
+    """The status, headers (lower-cased names) and body of the next answer on `stream`."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    for line in iter(stream.readline, b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, stream.read(int(headers["content-length"]))
