@@ -259,11 +259,10 @@ def with_cpu(prefix, pid, load):
     began = time.perf_counter()
     result = load()
     seconds = time.perf_counter() - began
-    used = {f"{prefix}_generator_cores": (generator_cpu_seconds() - generator) / seconds,
-            f"{prefix}_service_cores": None}
-    if pid:
-        used[f"{prefix}_service_cores"] = (cpu_seconds(process_tree(pid)) - service) / seconds
-    return result, used
+    return result, {
+        f"{prefix}_generator_cores": (generator_cpu_seconds() - generator) / seconds,
+        f"{prefix}_service_cores": (cpu_seconds(process_tree(pid)) - service) / seconds
+        if pid else None}
 
 
 def generator_cpu_seconds():

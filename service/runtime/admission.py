@@ -222,7 +222,9 @@ class OverloadAnswer:
 
     def __init__(self, retry_after: int):
         from service.http.security_headers import HEADERS, OTHER_POLICY
+        from service.observability.request_log import REQUEST_ID_HEADER, request_id
 
+        self._request_id, self._request_id_header = request_id, REQUEST_ID_HEADER
         message = f"The service is at capacity; try again after {retry_after} s."
         self._bodies = {
             False: json.dumps({"error": {"code": OVERLOADED, "message": message}}).encode(),
@@ -234,12 +236,10 @@ class OverloadAnswer:
     def __call__(self, path: str, given_request_id: str) -> tuple[list, bytes]:
         """The headers and body for a request to `path` with X-Request-ID
         `given_request_id` ("" without one), counted in the refusals."""
-        from service.observability.request_log import REQUEST_ID_HEADER, request_id
-
         metrics.REFUSALS.labels(reason=OVERLOADED).inc()
         body = self._bodies[path.startswith("/v2/")]
         return [*self._headers, ("Content-Length", str(len(body))),
-                (REQUEST_ID_HEADER, request_id(given_request_id))], body
+                (self._request_id_header, self._request_id(given_request_id))], body
 
 
 def lane_refusals(app: Callable, retry_after: int) -> Callable:

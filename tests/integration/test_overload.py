@@ -7,11 +7,13 @@ import socket
 import threading
 import urllib.parse
 
+import pytest
 import requests
 
 from tests import support
 
 CLIENTS = 48
+IMAGE = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
 
 
 def connections(server, count):
@@ -25,11 +27,14 @@ def connections(server, count):
     return opened
 
 
-def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
-        start_service, models_dir):
-    server = start_service(models_dir, threads=2, max_waiting_requests=1,
-                           batch_max_wait_ms=20)
-    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+@pytest.fixture
+def small_server(start_service, models_dir):
+    """A service that two threads and one waiting request overload."""
+    return start_service(models_dir, threads=2, max_waiting_requests=1, batch_max_wait_ms=20)
+
+
+def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(small_server):
+    server = small_server
     clients = connections(server, CLIENTS)
     answers, live = [], []
 
@@ -41,7 +46,7 @@ def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
         # Every third body comes in chunks: the worker cannot refuse it from its bytes, and
         # its refusal lane parses it.
         chunked = number % 3 == 0
-        connection.request("POST", "/predict", body=iter([image]) if chunked else image,
+        connection.request("POST", "/predict", body=iter([IMAGE]) if chunked else IMAGE,
                            headers={"Content-Type": "image/jpeg",
                                     "X-Request-ID": f"client-{number}"},
                            encode_chunked=chunked)
@@ -76,13 +81,11 @@ def test_beyond_the_waiting_bound_predictions_are_refused_and_liveness_answers(
 
 
 def test_predictions_sent_back_to_back_on_one_connection_are_each_answered_in_order(
-        start_service, models_dir):
-    server = start_service(models_dir, threads=2, max_waiting_requests=1,
-                           batch_max_wait_ms=20)
-    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+        small_server):
+    server = small_server
     others = connections(server, CLIENTS)
     for connection in others:  # the worker is overloaded while the pairs arrive
-        connection.request("POST", "/predict", body=image,
+        connection.request("POST", "/predict", body=IMAGE,
                            headers={"Content-Type": "image/jpeg"})
     address = urllib.parse.urlsplit(server.url("/"))
     pipelined = []
@@ -93,7 +96,7 @@ def test_predictions_sent_back_to_back_on_one_connection_are_each_answered_in_or
         sock.sendall(b"".join(
             b"POST /predict HTTP/1.1\r\nHost: api\r\nContent-Type: image/jpeg\r\n"
             b"X-Request-ID: pair-%d-%d\r\nContent-Length: %d\r\n\r\n%s"
-            % (pair, number, len(image), image) for number in (1, 2)))
+            % (pair, number, len(IMAGE), IMAGE) for number in (1, 2)))
         pipelined.append(sock)
     for connection in others:
         assert connection.getresponse().status in (200, 503)
