@@ -32,8 +32,21 @@ SERVING_LOCK = "requirements-serving.lock"
 
 def build(context, *options):
     """`docker build --network host <options> <context>`; the finished process."""
-    return subprocess.run(["docker", "build", "--network", "host", *options, str(context)],
-                          capture_output=True, text=True, timeout=BUILD_SECONDS)
+    return subprocess.run(["docker", "build", "--network", "host", "--force-rm", *options,
+                           str(context)], capture_output=True, text=True, timeout=BUILD_SECONDS)
+
+
+def remove_uncached_layers(built):
+    """Remove the images that a `--no-cache` build left, up to the tagged base image.
+
+    The classic builder takes the newest image with the same parent and instruction as the
+    cache for a step. Left behind, this build's `python -m venv` step would become that cache
+    for both package stages, so the next builds (tests, CI, a user's) would miss from there
+    on and install the trainer's 1.5 GB of packages again, leaving another copy each run.
+    """
+    layers = re.findall(r"^ ---> ([0-9a-f]{12})$", built.stdout, re.M)[1:]  # [0]: the base
+    if layers:  # the last image removes its untagged parents with it
+        subprocess.run(["docker", "image", "rm", layers[-1]], capture_output=True, timeout=120)
 
 
 def packages_context(folder, lock_text):
@@ -52,6 +65,7 @@ def test_a_fresh_build_installs_the_lock_and_refuses_a_wheel_that_differs(tmp_pa
     (tmp_path / "fresh").mkdir()
     fresh = build(packages_context(tmp_path / "fresh", lock), "--no-cache", "--target",
                   "api-packages")
+    remove_uncached_layers(fresh)
     assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-LOG_TAIL:]
 
     # Every hash of one package changed by a digit: whichever file pip fetches for it no
@@ -62,6 +76,7 @@ def test_a_fresh_build_installs_the_lock_and_refuses_a_wheel_that_differs(tmp_pa
     (tmp_path / "tampered").mkdir()
     refused = build(packages_context(tmp_path / "tampered", tampered), "--no-cache", "--target",
                     "api-packages")
+    remove_uncached_layers(refused)
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0, output[-LOG_TAIL:]
     assert "THESE PACKAGES DO NOT MATCH THE HASHES" in output and "multipart" in output, (
