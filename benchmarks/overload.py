@@ -74,9 +74,21 @@ def parse_args(argv):
                              "retries that they set off (2)")
     parser.add_argument("--target", action="append", default=[],
                         help="NAME=URL of a running service; repeat for several")
+    parser.add_argument("--service-cpus", type=cpu_list, default=None,
+                        help="CPUs (e.g. 0) to start the services on, one worker per CPU; "
+                             "the load generator then runs on the others, so that its own "
+                             "CPU is not taken from the service (default: all, shared)")
     parser.add_argument("--models", default=os.path.join(ROOT, "models"))
     parser.add_argument("--output", default="benchmark-results")
     return parser.parse_args(argv)
+
+
+def cpu_list(text: str) -> set[int]:
+    """"0,1" -> {0, 1}: CPUs this machine lets this process use, leaving it at least one."""
+    cpus, usable = {int(item) for item in text.split(",")}, os.sched_getaffinity(0)
+    if not cpus or not cpus < usable:
+        raise argparse.ArgumentTypeError(f"give some of the CPUs {sorted(usable)}, not all")
+    return cpus
 
 
 def jpeg() -> bytes:
@@ -289,16 +301,21 @@ def overload_figures(prefix, answers, seconds, budget, capacity):
     }
 
 
-def start_service(port, admission, models):
-    """gunicorn with the shipped models on `port`, ADMISSION as given; ready to answer."""
+def start_service(port, admission, models, cpus=None):
+    """gunicorn with the shipped models on `port`, ADMISSION as given, on `cpus` with one
+    worker each (default: as configured, on all); ready to answer."""
     environment = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "GRPC_ENABLED": "0",
                    "MODEL_DIR": models, "ADMISSION": str(admission),
                    "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="overload-metrics-"),
                    "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if cpus:
+        environment["WORKERS"] = str(len(cpus))
     process = subprocess.Popen([sys.executable, "-m", "gunicorn",
                                 "-c", "service/process/gunicorn_conf.py"],
                                cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL,
+                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus
+                               else None)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -343,8 +360,10 @@ def main(argv=None):
     if not targets:
         for name, admission in (("admission on", 1), ("admission off", 0)):
             port = free_port()
-            processes[name] = start_service(port, admission, args.models)
+            processes[name] = start_service(port, admission, args.models, args.service_cpus)
             targets[name] = f"http://127.0.0.1:{port}"
+    if args.service_cpus:  # the generator (this process and the ones it forks) on the rest
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - args.service_cpus)
     rounds = []
     try:
         for round_number in range(args.rounds):
