@@ -6,6 +6,9 @@ By default it starts two services on this machine with the shipped models, one w
 ADMISSION=1 and one with ADMISSION=0, both alive the whole run (the idle one costs
 nothing), and measures them in alternating rounds. `--target NAME=URL` measures running
 services instead (e.g. `--target proxy=http://127.0.0.1:8000` for the compose stack).
+`--service-cpus 0 --clients 500 --capacity-clients 16` starts them on CPU 0 with one worker
+(the default load's share of it) and keeps the load generator on the other CPUs, so that
+the generator's own CPU is not taken from the service.
 
 Each round, for each target:
 1. one client for a few seconds: its normal p50;

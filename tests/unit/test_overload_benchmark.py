@@ -1,9 +1,12 @@
 """The overload benchmark's arithmetic: percentiles, the service's p99 from its histogram,
-and the figures the targets are judged on."""
+the figures the targets are judged on, and the CPUs it may run the services on."""
+
+import argparse
+import os
 
 import pytest
 
-from benchmarks.overload import overload_figures, percentile, server_p99_ms
+from benchmarks.overload import cpu_list, overload_figures, percentile, server_p99_ms
 
 
 def test_percentiles_are_nearest_rank_in_milliseconds():
@@ -34,3 +37,13 @@ def test_the_overload_figures_count_200s_within_the_budget_against_capacity():
     assert figures["steady_refused_p50_ms"] == pytest.approx(50.0)
     assert figures["steady_accepted_p99_ms"] == pytest.approx(1500.0)
     assert overload_figures("overload", [], 1.0, 1.0, 0.0)["overload_share_of_capacity"] is None
+
+
+def test_the_service_cpus_must_leave_the_load_generator_at_least_one():
+    usable = sorted(os.sched_getaffinity(0))
+    with pytest.raises(argparse.ArgumentTypeError):
+        cpu_list(",".join(map(str, usable)))  # all of them
+    with pytest.raises(argparse.ArgumentTypeError):
+        cpu_list(str(max(usable) + 1))  # not this machine's
+    if len(usable) > 1:
+        assert cpu_list(str(usable[0])) == {usable[0]}
