@@ -7,9 +7,9 @@ clients that put the refusals' p99 in the hundreds of milliseconds. Most request
 refusal is for are simple: one HTTP/1.1 POST to a classifying route, its headers and its
 small body already in the socket. Those the main thread answers at once, from the bytes
 it reads: it writes the lane's own answer (service/runtime/admission.py,
-OverloadAnswer), and the connection stays open. Each system call lets a request thread take
-the GIL, and the main thread then waits to get it back, so a refusal makes two: one read,
-one write.
+OverloadAnswer), and the connection stays open. A refusal makes two system calls, one read
+and one write (a peek first, or the two calls made without letting go of the GIL, made no
+difference: docs/performance.md).
 
 Anything else goes to the lane, which parses it in full: a request not wholly here yet, a
 body sent in chunks, `Expect: 100-continue`, an upgrade, `Connection: close`, a header

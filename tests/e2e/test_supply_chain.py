@@ -36,24 +36,23 @@ def build(context, *options):
                            str(context)], capture_output=True, text=True, timeout=BUILD_SECONDS)
 
 
-def remove_uncached_layers(built):
-    """Remove the images that a `--no-cache` build left, up to the tagged base image.
+def fresh_packages_build(folder, lock_text):
+    """The api-packages stage built with no cache from the Dockerfile and this lock in
+    `folder`; the finished process. The images the build made are removed again.
 
     The classic builder takes the newest image with the same parent and instruction as the
     cache for a step. Left behind, this build's `python -m venv` step would become that cache
     for both package stages, so the next builds (tests, CI, a user's) would miss from there
     on and install the trainer's 1.5 GB of packages again, leaving another copy each run.
     """
+    folder.mkdir()
+    shutil.copy(support.ROOT / "Dockerfile", folder / "Dockerfile")
+    (folder / SERVING_LOCK).write_text(lock_text)
+    built = build(folder, "--no-cache", "--target", "api-packages")
     layers = re.findall(r"^ ---> ([0-9a-f]{12})$", built.stdout, re.M)[1:]  # [0]: the base
     if layers:  # the last image removes its untagged parents with it
         subprocess.run(["docker", "image", "rm", layers[-1]], capture_output=True, timeout=120)
-
-
-def packages_context(folder, lock_text):
-    """A build context for the api-packages stage alone: the Dockerfile and this lock."""
-    shutil.copy(support.ROOT / "Dockerfile", folder / "Dockerfile")
-    (folder / SERVING_LOCK).write_text(lock_text)
-    return folder
+    return built
 
 
 def normalized(name):
@@ -62,10 +61,7 @@ def normalized(name):
 
 def test_a_fresh_build_installs_the_lock_and_refuses_a_wheel_that_differs(tmp_path):
     lock = (support.ROOT / SERVING_LOCK).read_text()
-    (tmp_path / "fresh").mkdir()
-    fresh = build(packages_context(tmp_path / "fresh", lock), "--no-cache", "--target",
-                  "api-packages")
-    remove_uncached_layers(fresh)
+    fresh = fresh_packages_build(tmp_path / "fresh", lock)
     assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-LOG_TAIL:]
 
     # Every hash of one package changed by a digit: whichever file pip fetches for it no
@@ -73,10 +69,7 @@ def test_a_fresh_build_installs_the_lock_and_refuses_a_wheel_that_differs(tmp_pa
     entry = re.search(r"^multipart==\S+ \\\n(?:\s+--hash=sha256:\w+(?: \\)?\n)+", lock, re.M)
     tampered = lock.replace(entry[0], re.sub(r"sha256:(\w)", lambda match: "sha256:" + (
         "0" if match[1] != "0" else "1"), entry[0]))
-    (tmp_path / "tampered").mkdir()
-    refused = build(packages_context(tmp_path / "tampered", tampered), "--no-cache", "--target",
-                    "api-packages")
-    remove_uncached_layers(refused)
+    refused = fresh_packages_build(tmp_path / "tampered", tampered)
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0, output[-LOG_TAIL:]
     assert "THESE PACKAGES DO NOT MATCH THE HASHES" in output and "multipart" in output, (
