@@ -13,6 +13,8 @@ import sys
 import threading
 import uuid
 
+from service.process.pipes import write_all
+
 STANDARD_FIELDS = set(vars(logging.makeLogRecord({})))
 
 # Native libraries print straight to stderr, as "I0000 00:00:…" (absl) or "INFO: …" (LiteRT).
@@ -62,20 +64,14 @@ class LineWriter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Format the record and write it with its newline."""
         try:
-            line = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
-            if len(line) <= select.PIPE_BUF:
-                _write_all(self._fd, line[os.write(self._fd, line):])  # the rest: a file's
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if len(line) <= select.PIPE_BUF:  # one write to a pipe; a file may take more
+                write_all(self._fd, line)
             else:
                 with self.lock:
-                    _write_all(self._fd, line)
+                    write_all(self._fd, line)
         except Exception:  # as logging's own handlers: a line lost never fails the request
             self.handleError(record)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    """Write all of `data`, however many writes it takes."""
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def line_writer(stream) -> logging.Handler:

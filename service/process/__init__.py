@@ -1,1 +1,2 @@
-"""The process model: gunicorn settings and worker, CPU pinning, the workers' shared activity."""
+"""The process model: gunicorn settings and worker, CPU pinning, the workers' shared activity,
+writing to pipes."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.process.pipes import write_all
 from service.runtime import images
 from service.runtime.images import ImageError
 
@@ -70,7 +71,7 @@ class DecodingProcess:
                 if self._child is None or self._child.poll() is not None:
                     self._child = _start_child()
                 try:
-                    _write_all(self._child.stdin.fileno(), request + data)
+                    write_all(self._child.stdin.fileno(), request + data)
                     return _read_answer(self._child.stdout.fileno(), (height, width, channels),
                                         time.monotonic() + TIMEOUT_SECONDS)
                 except (OSError, EOFError, TimeoutError) as failure:
@@ -110,13 +111,6 @@ def _start_child():
     return subprocess.Popen([sys.executable, "-m", __name__, str(IDLE_SECONDS)],
                             stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
-
-
-def _write_all(fd, data):
-    """Write all of `data` to `fd` (a pipe takes it in chunks)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _read_exactly(fd, size, deadline):
@@ -179,7 +173,7 @@ def main(idle_seconds):
             return
         container, height, width, channels, max_pixels, length = REQUEST.unpack(header)
         data = _read_exactly(requests, length, None)
-        _write_all(answers, _answer(data, container.decode(), height, width, channels,
+        write_all(answers, _answer(data, container.decode(), height, width, channels,
                                     max_pixels))
 
 
