@@ -49,6 +49,10 @@ class Settings:
     memory_limit_mb: int = 0
     # 1: each worker runs on its own share of the CPUs (service/process/cpus.py); 0: anywhere.
     pin_workers: int = 1
+    # 1: each worker's main thread, which accepts connections and refuses them under
+    # overload, runs ahead of its request threads for a CPU (real-time priority, where the
+    # system allows it: service/process/cpus.py); 0: at the same priority as they.
+    realtime_main_thread: int = 1
     log_level: str = "info"
     # The Open Inference Protocol over gRPC (service/grpc/), on Triton's port, served by
     # every worker from a thread beside its HTTP threads, with the same models and batcher.
@@ -144,7 +148,7 @@ class Settings:
                                 f"{self.metrics_allow!r}") from None
         if self.default_deadline_ms > MAX_DEADLINE_MS:
             raise SettingsError(f"DEFAULT_DEADLINE_MS must be at most {MAX_DEADLINE_MS}")
-        for name in ("pin_workers", "grpc_enabled", "admission"):
+        for name in ("pin_workers", "realtime_main_thread", "grpc_enabled", "admission"):
             if getattr(self, name) not in (0, 1):
                 raise SettingsError(f"{name.upper()} must be 1 (on) or 0 (off), "
                                     f"not {getattr(self, name)}")

@@ -55,6 +55,7 @@ from gunicorn.http import get_parser
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.config import Settings
+from service.process.cpus import run_this_thread_first
 from service.process.worker_activity import activity
 
 # Long enough for a client that sends its next request as soon as it has the answer;
@@ -89,6 +90,7 @@ class LingeringThreadWorker(ThreadWorker):
         self._taken_up = 0  # of those, the ones a thread has begun (pool threads)
         self._taken_lock = threading.Lock()
         self._refusals = None
+        self._main_thread_first = False  # REALTIME_MAIN_THREAD
         self._refuse_from_bytes = None  # service/process/early_refusal.py's, when it may
         self._note_arrival = lambda arrived: None  # service/runtime/admission.py's, once imported
 
@@ -108,6 +110,7 @@ class LingeringThreadWorker(ThreadWorker):
         self._note_arrival, self._caller_gone = note_arrival, socket_closed
         self._count_caller_gone = count_caller_gone
         settings = Settings.from_env()
+        self._main_thread_first = bool(settings.realtime_main_thread)
         if settings.admission:
             self._waiting_limit = settings.max_waiting_requests
             self._refusals = ThreadPoolExecutor(REFUSAL_THREADS, "refusal",
@@ -119,6 +122,19 @@ class LingeringThreadWorker(ThreadWorker):
                 self._refuse_from_bytes = functools.partial(
                     refuse_from_bytes, answer=OverloadAnswer(settings.retry_after_seconds))
         super().init_process()
+
+    def run(self) -> None:
+        """Put this, the main thread, ahead of the request threads for a CPU (where the system
+        allows it: service/process/cpus.py), then run gunicorn's loop. The request threads,
+        started from here, are ordinary ones."""
+        if self._main_thread_first:
+            try:
+                run_this_thread_first()
+            except OSError as error:
+                self.log.info("the worker's main thread runs at ordinary priority: the system "
+                              "refused it real-time priority (%s); docs/deployment.md says "
+                              "how to allow it", error.strerror)
+        super().run()
 
     def on_client_socket_readable(self, conn, client) -> None:
         """A kept-alive connection's next request: refused in place while overloaded (the

@@ -1,7 +1,9 @@
-"""gunicorn's workers each run on their own share of the CPUs (service/process/cpus.py), as the
-kernel reports it for every thread in /proc."""
+"""gunicorn's workers each run on their own share of the CPUs (service/process/cpus.py), and
+each worker's main thread gets a CPU before its other threads, as the kernel reports it for
+every thread in /proc."""
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -66,3 +68,50 @@ def test_with_pin_workers_0_every_thread_may_run_on_every_cpu(start_service, mod
     server = start_service(models_dir, workers=2, pin_workers=0)
     for pid in support.forked_workers(server, 2):
         assert set(threads_cpus(pid)) == {EVERY_CPU}
+
+
+def policies(pid):
+    """{thread id: its scheduling policy} for every thread of `pid` (/proc's field 41)."""
+    found = {}
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as stat:
+                found[int(thread)] = int(stat.read().rsplit(")", 1)[1].split()[38])
+        except (OSError, IndexError, ValueError):  # the thread ended meanwhile
+            continue
+    return found
+
+
+def predict_at_once(server, requests_at_once=12):
+    """Send `requests_at_once` predictions together, so that the workers start their
+    request threads (from the main thread); all must answer 200."""
+    image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
+
+    def one(_):
+        return requests.post(server.url("/predict"), files={"file": ("red.jpg", image)},
+                             timeout=30).status_code
+
+    with ThreadPoolExecutor(requests_at_once) as pool:
+        assert set(pool.map(one, range(requests_at_once))) == {200}
+
+
+def test_each_workers_main_thread_alone_runs_first(start_service, models_dir):
+    server = start_service(models_dir, workers=2, threads=8)
+    workers = support.forked_workers(server, 2)
+    predict_at_once(server)
+    if "refused it real-time priority" in server.log():
+        pytest.skip("this system allows no real-time priority (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    for pid in workers:
+        found = policies(pid)
+        # Its request threads and everything else it started are ordinary threads.
+        assert found.pop(pid) == os.SCHED_FIFO
+        assert len(found) >= 8 and set(found.values()) == {os.SCHED_OTHER}, found
+
+
+def test_with_realtime_main_thread_0_no_thread_runs_first(start_service, models_dir):
+    server = start_service(models_dir, workers=2, realtime_main_thread=0)
+    workers = support.forked_workers(server, 2)
+    predict_at_once(server)
+    for pid in workers:
+        assert set(policies(pid).values()) == {os.SCHED_OTHER}
+    assert "real-time priority" not in server.log()

@@ -3,6 +3,7 @@ cgroup CPU quota), and each gunicorn worker's own share of them."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,46 @@ def test_a_pinned_worker_keeps_to_its_share_except_for_what_it_starts_on_the_ser
     assert found["service"] == every
     # Inside on_service_cpus the thread, and threads it starts, may run on every CPU.
     assert found["widened"] == every and found["inside"] == every
+
+
+FIRST_THREAD_PROCESS = textwrap.dedent("""
+    import json, os, subprocess, sys, threading
+    from service.process import cpus
+    try:
+        cpus.run_this_thread_first()
+    except PermissionError:
+        print(json.dumps({"refused": True}))
+        raise SystemExit
+    seen = {}
+    started = threading.Thread(target=lambda: seen.update(thread=os.sched_getscheduler(0)))
+    started.start(); started.join()
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                           capture_output=True, text=True, check=True)
+    print(json.dumps({"own": os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK,
+                      "priority": os.sched_getparam(0).sched_priority,
+                      "thread": seen["thread"], "child": int(child.stdout)}))
+""")
+
+
+def test_a_thread_run_first_is_real_time_and_what_it_starts_is_ordinary():
+    # In a process of its own: the test runner's threads stay ordinary.
+    finished = subprocess.run([sys.executable, "-c", FIRST_THREAD_PROCESS], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+    found = json.loads(finished.stdout)
+    if found.get("refused"):
+        pytest.skip("this system allows no real-time priority (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    assert found == {"own": os.SCHED_FIFO, "priority": 1, "thread": os.SCHED_OTHER,
+                     "child": os.SCHED_OTHER}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="dropping a capability takes root and util-linux's setpriv")
+def test_where_the_system_refuses_real_time_priority_the_thread_stays_ordinary():
+    # As a container without the right: CAP_SYS_NICE dropped, and RLIMIT_RTPRIO 0.
+    refused = subprocess.run(
+        ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice",
+         "prlimit", "--rtprio=0", sys.executable, "-c",
+         "import os\nfrom service.process import cpus\ntry:\n    cpus.run_this_thread_first()\n"
+         "except PermissionError:\n    print(os.sched_getscheduler(0))\n"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    assert refused.stdout.strip() == str(os.SCHED_OTHER)

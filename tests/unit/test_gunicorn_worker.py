@@ -53,3 +53,25 @@ def test_with_more_connections_than_threads_a_thread_answers_one_request(answere
     with client, conn.sock:
         assert worker_with(connections=5, threads=4).handle(conn) is True
     assert answered == [b"r"]
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_a_worker_refused_real_time_priority_says_so_and_serves_as_before(monkeypatch, wanted):
+    from service.process import gunicorn_worker
+
+    def refuse():
+        raise PermissionError(1, "Operation not permitted")
+
+    loops, lines = [], []
+    monkeypatch.setattr(gunicorn_worker, "run_this_thread_first", refuse)
+    monkeypatch.setattr(ThreadWorker, "run", lambda self: loops.append("gunicorn's loop"))
+    worker = LingeringThreadWorker.__new__(LingeringThreadWorker)
+    worker._main_thread_first = wanted
+    worker.log = SimpleNamespace(info=lambda message, *args: lines.append(message % args))
+    worker.run()
+    assert loops == ["gunicorn's loop"]
+    if wanted:
+        assert len(lines) == 1 and "ordinary priority" in lines[0]
+        assert "Operation not permitted" in lines[0]
+    else:
+        assert not lines  # REALTIME_MAIN_THREAD=0: not even asked
