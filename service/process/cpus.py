@@ -16,9 +16,9 @@ made `on_service_cpus()`, and their XNNPACK threads may run wherever the service
 
 A worker's main thread accepts connections and, under overload, refuses requests from their
 bytes (service/process/early_refusal.py). As an ordinary thread it waited for a CPU behind
-the worker's request threads, and a refusal waited with it: p99 65-93 ms with the worker
+the worker's request threads, and a refusal waited with it: p99 34-93 ms with the worker
 alone on a core. Run first (`run_this_thread_first`: the lowest real-time priority), it
-takes a CPU as soon as a request arrives, and the p99 was 11-13 ms in the same rounds
+takes a CPU as soon as a request arrives, and the p99 was 11-22 ms in the same rounds
 (docs/performance.md). It uses about a twentieth of a core, and the kernel keeps 5% of
 every second for ordinary threads whatever a real-time one does. Where the system refuses
 (a container without the right, most do: docs/deployment.md), the worker runs as before.

@@ -37,7 +37,9 @@ worker refuses a simple prediction on its own thread, from the request's bytes
 (service/process/early_refusal.py), and sends every other readable connection to a small
 refusal lane: REFUSAL_THREADS threads on which the app answers 503 `overloaded` to a
 prediction before reading its body, and health, metrics and every other route as usual
-(so liveness answers under overload).
+(so liveness answers under overload). The main thread runs ahead of the request threads for a
+CPU where the system allows it (REALTIME_MAIN_THREAD, service/process/cpus.py), so that a
+refusal does not wait behind them.
 """
 
 import collections

@@ -109,7 +109,8 @@ def test_sigterm_lets_a_request_in_flight_finish_and_starts_no_new_ones(start_se
         refused = True
     request_thread.join(60)
     assert result["response"].status_code == 200
-    assert result["response"].json()["predictions"][0]["label"]
+    # The tiny model may call a drawing unknown (label null): a ranked answer is what counts.
+    assert result["response"].json()["predictions"][0]["top_k"]
     assert refused, "a new connection was accepted after SIGTERM"
     assert server.process.wait(30) == 0
 

@@ -61,7 +61,8 @@ def test_each_worker_has_cpus_of_its_own_and_only_a_lone_call_may_use_every_cpu(
     image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
     answer = requests.post(server.url("/predict"), files={"file": ("red.jpg", image)},
                            timeout=10)
-    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"]
+    # The tiny model may call a drawing unknown (label null): a ranked answer is what counts.
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]
 
 
 def test_with_pin_workers_0_every_thread_may_run_on_every_cpu(start_service, models_dir):
@@ -82,9 +83,9 @@ def policies(pid):
     return found
 
 
-def predict_at_once(server, requests_at_once=12):
-    """Send `requests_at_once` predictions together, so that the workers start their
-    request threads (from the main thread); all must answer 200."""
+def predict_at_once(server, requests_at_once=16):
+    """Send `requests_at_once` predictions together, so that the workers start more request
+    threads (from their main threads); all must answer 200."""
     image = support.encode(support.draw_picture(support.SHAPE_COLOURS["red"]))
 
     def one(_):
@@ -95,17 +96,30 @@ def predict_at_once(server, requests_at_once=12):
         assert set(pool.map(one, range(requests_at_once))) == {200}
 
 
+def main_threads_run_first(server, workers):
+    """Whether every worker's main thread runs first; a skip where the system refused it."""
+    if "refused it real-time priority" in server.log():
+        pytest.skip("this system allows no real-time priority (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    return all(policies(pid).get(pid) == os.SCHED_FIFO for pid in workers)
+
+
 def test_each_workers_main_thread_alone_runs_first(start_service, models_dir):
     server = start_service(models_dir, workers=2, threads=8)
     workers = support.forked_workers(server, 2)
+    # Ready means one worker answers; the other may still be loading its models.
+    support.poll(lambda: main_threads_run_first(server, workers), 60,
+                 lambda: f"{[policies(pid) for pid in workers]}\n{server.log()}")
+    before = {pid: set(policies(pid)) for pid in workers}
     predict_at_once(server)
-    if "refused it real-time priority" in server.log():
-        pytest.skip("this system allows no real-time priority (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    started_since = 0
     for pid in workers:
         found = policies(pid)
-        # Its request threads and everything else it started are ordinary threads.
         assert found.pop(pid) == os.SCHED_FIFO
-        assert len(found) >= 8 and set(found.values()) == {os.SCHED_OTHER}, found
+        # Its request threads, and everything else, are ordinary: those it started since
+        # the requests came too.
+        assert set(found.values()) == {os.SCHED_OTHER}, found
+        started_since += len(set(found) - before[pid])
+    assert started_since, "the requests started no thread: nothing was checked"
 
 
 def test_with_realtime_main_thread_0_no_thread_runs_first(start_service, models_dir):
