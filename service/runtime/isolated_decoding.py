@@ -174,7 +174,7 @@ def main(idle_seconds):
         container, height, width, channels, max_pixels, length = REQUEST.unpack(header)
         data = _read_exactly(requests, length, None)
         write_all(answers, _answer(data, container.decode(), height, width, channels,
-                                    max_pixels))
+                                   max_pixels))
 
 
 _shared = DecodingProcess()

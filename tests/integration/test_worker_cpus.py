@@ -33,15 +33,20 @@ def cpus_of(pid, thread=None):
     return parse_cpu_list(line.split(":", 1)[1].strip())
 
 
-def threads_cpus(pid):
-    """The CPUs of every thread of `pid`, one entry per thread."""
-    cpus = []
+def each_thread(pid, read):
+    """{thread id: read(pid, thread id)} for every thread of `pid` still there once read."""
+    found = {}
     for thread in os.listdir(f"/proc/{pid}/task"):
         try:
-            cpus.append(cpus_of(pid, thread))
-        except (OSError, StopIteration):  # the thread ended meanwhile
+            found[int(thread)] = read(pid, int(thread))
+        except (OSError, StopIteration, IndexError, ValueError):  # the thread ended meanwhile
             continue
-    return cpus
+    return found
+
+
+def threads_cpus(pid):
+    """The CPUs of every thread of `pid`, one entry per thread."""
+    return list(each_thread(pid, cpus_of).values())
 
 
 def test_each_worker_has_cpus_of_its_own_and_only_a_lone_call_may_use_every_cpu(
@@ -71,16 +76,15 @@ def test_with_pin_workers_0_every_thread_may_run_on_every_cpu(start_service, mod
         assert set(threads_cpus(pid)) == {EVERY_CPU}
 
 
+def policy_of(pid, thread):
+    """A thread's scheduling policy (field 41 of its /proc stat)."""
+    with open(f"/proc/{pid}/task/{thread}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[38])
+
+
 def policies(pid):
-    """{thread id: its scheduling policy} for every thread of `pid` (/proc's field 41)."""
-    found = {}
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{thread}/stat") as stat:
-                found[int(thread)] = int(stat.read().rsplit(")", 1)[1].split()[38])
-        except (OSError, IndexError, ValueError):  # the thread ended meanwhile
-            continue
-    return found
+    """{thread id: its scheduling policy} for every thread of `pid`."""
+    return each_thread(pid, policy_of)
 
 
 def predict_at_once(server, requests_at_once=16):
